@@ -1,0 +1,3 @@
+"""imagegate: a self-hosted, authenticated image service."""
+
+__version__ = "0.1.0"

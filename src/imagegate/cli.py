@@ -1,0 +1,234 @@
+"""The ``imagegate`` command: serve, user and db subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import sys
+from typing import Any
+
+import uvicorn
+from sqlalchemy import select
+
+from imagegate.app import create_app
+from imagegate.db import queries
+from imagegate.db.engine import create_engine, create_sessionmaker
+from imagegate.db.migrate import upgrade
+from imagegate.db.models import Image
+from imagegate.errors import AppError
+from imagegate.runtime import prepare_data_dir
+from imagegate.security.accounts import create_account
+from imagegate.security.passwords import Passwords, normalize_login
+from imagegate.settings import ALL_ROLES, Role, Settings, load_settings
+from imagegate.storage.local import LocalStorage
+from imagegate.tls import ensure_self_signed
+
+log = logging.getLogger("imagegate")
+DEMO_LOGIN, DEMO_PASSWORD = "bob", "qwe123"
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="folder for the database, images and keys (./data)")
+    parser.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in the data dir)")
+    parser.add_argument("--log-level", help="debug, info, warning, error")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imagegate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the service (all roles: embedded mode)")
+    serve.add_argument("role", nargs="?", choices=ALL_ROLES, help="run one service alone")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--demo", action="store_true", default=None,
+                       help=f"create the seed's demo user {DEMO_LOGIN}/{DEMO_PASSWORD} if absent")
+    tls = serve.add_mutually_exclusive_group()
+    tls.add_argument("--tls", action="store_true", default=None,
+                     help="HTTPS with a self-signed certificate generated into the data dir")
+    tls.add_argument("--cert", help="HTTPS certificate file (with --key)")
+    serve.add_argument("--key", help="HTTPS private key file (with --cert)")
+    _common(serve)
+
+    user = sub.add_parser("user", help="manage accounts")
+    user_sub = user.add_subparsers(dest="user_command", required=True)
+    add = user_sub.add_parser("add", help="create an account; password from a prompt or stdin")
+    add.add_argument("login")
+    _common(add)
+    lst = user_sub.add_parser("list", help="list accounts")
+    _common(lst)
+    delete = user_sub.add_parser("delete", help="delete an account and all its images")
+    delete.add_argument("login")
+    _common(delete)
+
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    up = db_sub.add_parser("upgrade", help="apply migrations")
+    _common(up)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    flags: dict[str, Any] = {
+        "data_dir": args.data_dir,
+        "database_url": args.database_url,
+        "log_level": args.log_level,
+    }
+    if args.command == "serve":
+        flags |= {
+            "host": args.host,
+            "port": args.port,
+            "demo": args.demo,
+            "tls": args.tls,
+            "tls_cert": args.cert,
+            "tls_key": args.key,
+        }
+    return load_settings(**flags)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if first != getpass.getpass("Repeat password: "):
+            raise SystemExit("passwords do not match")
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def _passwords(settings: Settings) -> Passwords:
+    return Passwords(
+        settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism, 1
+    )
+
+
+async def _add_user(settings: Settings, login: str, password: str, *, enforce: bool) -> None:
+    engine = create_engine(settings.effective_database_url)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            user = await create_account(
+                session, _passwords(settings), login, password,
+                min_length=settings.password_min_length, enforce_policy=enforce,
+            )
+        print(f"created {user.login} ({user.id})")
+    finally:
+        await engine.dispose()
+
+
+async def _ensure_demo_user(settings: Settings) -> None:
+    engine = create_engine(settings.effective_database_url)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            if await queries.user_by_login(session, DEMO_LOGIN) is not None:
+                return
+            await create_account(
+                session, _passwords(settings), DEMO_LOGIN, DEMO_PASSWORD,
+                min_length=settings.password_min_length, enforce_policy=False,
+            )
+        banner = "!" * 78
+        log.warning(
+            "\n%s\n  DEMO MODE: created user %r with the well-known password %r.\n"
+            "  It bypasses the password policy. Never use --demo on a reachable host.\n%s",
+            banner, DEMO_LOGIN, DEMO_PASSWORD, banner,
+        )
+    finally:
+        await engine.dispose()
+
+
+async def _list_users(settings: Settings) -> None:
+    engine = create_engine(settings.effective_database_url)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            for user in await queries.list_users(session):
+                usage = await queries.user_usage(session, user.id)
+                print(
+                    f"{user.login}\t{user.id}\t{user.created_at.isoformat()}\t"
+                    f"{usage.images} images\t{usage.bytes} bytes"
+                )
+    finally:
+        await engine.dispose()
+
+
+async def _delete_user(settings: Settings, login: str) -> None:
+    engine = create_engine(settings.effective_database_url)
+    storage = LocalStorage(settings.images_dir)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            user = await queries.user_by_login(session, normalize_login(login))
+            if user is None:
+                raise SystemExit(f"no such user: {login}")
+            names = list(await session.scalars(select(Image.name).where(Image.owner_id == user.id)))
+            await session.delete(user)  # images' rows go by ON DELETE CASCADE
+            await session.commit()
+        for name in names:  # records first, then bytes: see storage/reconcile.py
+            await storage.delete(name)
+        print(f"deleted {login} and {len(names)} images")
+    finally:
+        await engine.dispose()
+
+
+def _serve(settings: Settings, role: Role | None) -> None:
+    roles: tuple[Role, ...] = (role,) if role else ALL_ROLES
+    prepare_data_dir(settings.data_dir)
+    if settings.migrate_on_start:
+        upgrade(settings.effective_database_url)
+    if settings.demo:
+        asyncio.run(_ensure_demo_user(settings))
+    ssl: dict[str, Any] = {}
+    if settings.tls_cert and settings.tls_key:
+        ssl = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
+    elif settings.tls:
+        cert, key = ensure_self_signed(settings.data_dir / "tls")
+        ssl = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+    app = create_app(settings, roles)
+    scheme = "https" if ssl else "http"
+    log.info("imagegate %s on %s://%s:%d", "+".join(roles), scheme, settings.host, settings.port)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=settings.trusted_proxies or None,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+        **ssl,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    settings = _settings(args)
+    _configure_logging(settings.log_level)
+    try:
+        if args.command == "serve":
+            _serve(settings, args.role)
+        elif args.command == "db":
+            prepare_data_dir(settings.data_dir)
+            upgrade(settings.effective_database_url)
+            print("database is at the latest schema")
+        elif args.command == "user":
+            prepare_data_dir(settings.data_dir)
+            upgrade(settings.effective_database_url)
+            if args.user_command == "add":
+                asyncio.run(_add_user(settings, args.login, _read_password(), enforce=True))
+            elif args.user_command == "list":
+                asyncio.run(_list_users(settings))
+            else:
+                asyncio.run(_delete_user(settings, args.login))
+    except AppError as exc:
+        raise SystemExit(f"error: {exc.message}") from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    _ = os.environ  # settings read the environment; nothing else does

@@ -1,0 +1,1 @@
+"""Database access: engine, models, migrations. Callers own their transactions."""

@@ -1,0 +1,50 @@
+"""FastAPI dependencies shared by every router: the runtime, a session, the caller."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from imagegate.errors import Unauthorized
+from imagegate.runtime import Runtime
+from imagegate.security.tokens import Identity, InvalidToken
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
+    async with runtime.sessions() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+def bearer_identity(request: Request, runtime: RuntimeDep) -> Identity:
+    """The identity of a valid ``Authorization: Bearer`` token; 401 for anything else.
+
+    Identity comes only from the signed token, never from headers such as X-User-Id."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("missing bearer token")
+    try:
+        return runtime.verifier.verify(token.strip())
+    except InvalidToken as exc:
+        raise Unauthorized("invalid or expired token") from exc
+
+
+CurrentIdentity = Annotated[Identity, Depends(bearer_identity)]
+
+
+def client_address(request: Request) -> str | None:
+    """The peer address; uvicorn rewrites it from X-Forwarded-For only for trusted proxies."""
+    return request.client.host if request.client else None

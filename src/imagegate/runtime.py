@@ -1,0 +1,121 @@
+"""Everything a running app holds: built once from settings, shared by its routes."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from imagegate.db.engine import create_engine, create_sessionmaker
+from imagegate.metrics import Metrics
+from imagegate.security.keys import load_or_create_signing_key
+from imagegate.security.passwords import Passwords
+from imagegate.security.tokens import TokenIssuer, TokenVerifier
+from imagegate.settings import Role, Settings
+from imagegate.storage.base import Storage
+from imagegate.storage.local import LocalStorage
+from imagegate.storage.reconcile import remove_orphans
+from imagegate.uploader.pool import CodecPool
+from imagegate.uploader.process import Limits, Quality
+
+log = logging.getLogger("imagegate")
+
+
+class DataDirBusy(RuntimeError):
+    pass
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    roles: tuple[Role, ...]
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    storage: Storage
+    metrics: Metrics
+    verifier: TokenVerifier
+    issuer: TokenIssuer
+    passwords: Passwords
+    codec: CodecPool | None = None
+    _lock: IO[bytes] | None = field(default=None, repr=False)
+
+    async def start(self) -> None:
+        """Claim the data dir, clear leftovers of a crash, start the codec workers."""
+        if "uploader" not in self.roles:
+            return
+        self._lock = lock_data_dir(self.settings.data_dir)
+        tmp = self.settings.tmp_dir
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True, mode=0o700)
+        # Holding the lock, no other process writes here: every record-less file is an orphan.
+        await remove_orphans(self.storage, self.sessions, older_than=time.time())
+        s = self.settings
+        self.codec = CodecPool(
+            workers=s.codec_workers,
+            queue=s.codec_queue,
+            timeout=s.codec_timeout_seconds,
+            limits=Limits(s.image_max_pixels, s.image_max_side, s.image_max_frames),
+            quality=Quality(s.jpeg_quality, s.webp_quality, s.avif_quality),
+        )
+
+    async def stop(self) -> None:
+        if self.codec is not None:
+            self.codec.close()
+        await self.engine.dispose()
+        if self._lock is not None:
+            self._lock.close()
+
+
+def lock_data_dir(data_dir: Path) -> IO[bytes]:
+    """One uploader per data dir: it owns the folder's files and cleans them at start."""
+    handle = open(data_dir / ".lock", "wb")  # noqa: SIM115 - held for the process lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        handle.close()
+        raise DataDirBusy(f"another imagegate process is using {data_dir}") from exc
+    return handle
+
+
+def prepare_data_dir(data_dir: Path) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+
+
+def build_runtime(settings: Settings, roles: tuple[Role, ...]) -> Runtime:
+    """Wire the components for ``roles``; starts nothing (see :meth:`Runtime.start`)."""
+    prepare_data_dir(settings.data_dir)
+    key = load_or_create_signing_key(
+        settings.jwt_private_key_file or settings.data_dir / "jwt-signing-key.pem"
+    )
+    engine = create_engine(settings.effective_database_url)
+    return Runtime(
+        settings=settings,
+        roles=roles,
+        engine=engine,
+        sessions=create_sessionmaker(engine),
+        storage=LocalStorage(settings.images_dir),
+        metrics=Metrics(),
+        verifier=TokenVerifier(
+            [key.public_key()],
+            settings.jwt_issuer,
+            settings.jwt_audience,
+            settings.token_leeway_seconds,
+        ),
+        issuer=TokenIssuer(
+            key, settings.jwt_issuer, settings.jwt_audience, settings.token_ttl_seconds
+        ),
+        passwords=Passwords(
+            settings.argon2_time_cost,
+            settings.argon2_memory_kib,
+            settings.argon2_parallelism,
+            concurrency=max(2, (os.cpu_count() or 1) * 2),
+        ),
+    )

@@ -1,0 +1,1 @@
+"""The security service: accounts, password checks, tokens, login throttling."""

@@ -1,0 +1,93 @@
+"""Access tokens: ES256 JWTs issued here, verified with an algorithm pinned and claims checked."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from imagegate.security.keys import public_jwk
+
+ALGORITHM = "ES256"
+REQUIRED_CLAIMS = ["iss", "aud", "sub", "iat", "exp", "jti"]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a verified token speaks for."""
+
+    user_id: str
+    login: str
+
+
+class InvalidToken(Exception):
+    pass
+
+
+class TokenVerifier:
+    """Verifies tokens against a fixed set of public keys, looked up by ``kid``."""
+
+    def __init__(
+        self, public_keys: list[ec.EllipticCurvePublicKey], issuer: str, audience: str, leeway: int
+    ) -> None:
+        self._keys = {public_jwk(k)["kid"]: k for k in public_keys}
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway = leeway
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [public_jwk(k) for k in self._keys.values()]}
+
+    def verify(self, token: str) -> Identity:
+        """Return the token's identity, or raise :class:`InvalidToken`."""
+        try:
+            header = jwt.get_unverified_header(token)
+            # kid is attacker-controlled: it only selects among our own keys.
+            key = self._keys.get(str(header.get("kid")))
+            if key is None:
+                raise InvalidToken("unknown signing key")
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[ALGORITHM],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": REQUIRED_CLAIMS},
+            )
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(str(exc)) from exc
+        login = claims.get("login")
+        if not isinstance(claims["sub"], str) or not isinstance(login, str):
+            raise InvalidToken("malformed subject")
+        return Identity(claims["sub"], login)
+
+
+class TokenIssuer:
+    """Signs access tokens with the one private key."""
+
+    def __init__(
+        self, private_key: ec.EllipticCurvePrivateKey, issuer: str, audience: str, ttl: int
+    ) -> None:
+        self._key = private_key
+        self._kid = public_jwk(private_key.public_key())["kid"]
+        self._issuer = issuer
+        self._audience = audience
+        self.ttl = ttl
+
+    def issue(self, identity: Identity) -> str:
+        now = int(time.time())
+        claims = {
+            "iss": self._issuer,
+            "aud": self._audience,
+            "sub": identity.user_id,
+            "login": identity.login,
+            "iat": now,
+            "exp": now + self.ttl,
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self._kid})

@@ -1,0 +1,107 @@
+"""All configuration in one typed object, read from ``IMAGEGATE_*`` variables and CLI flags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Role = Literal["security", "uploader"]
+ALL_ROLES: tuple[Role, ...] = ("security", "uploader")
+MIB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Every setting has an ``IMAGEGATE_<NAME>`` environment variable; flags override them."""
+
+    model_config = SettingsConfigDict(env_prefix="IMAGEGATE_", extra="forbid")
+
+    # Process and network
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    data_dir: Path = Path("data")
+    tls: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses whose X-Forwarded-For is believed; empty trusts nobody.",
+    )
+    log_level: str = "info"
+    shutdown_grace_seconds: float = Field(30.0, gt=0)
+    json_body_max_bytes: int = Field(64 * 1024, gt=0)
+
+    # Database and storage
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: SQLite file in the data dir."
+    )
+
+    migrate_on_start: bool = Field(
+        True, description="Run migrations at start (safe with replicas: they take a lock)."
+    )
+
+    # Tokens
+    jwt_private_key_file: Path | None = Field(
+        None, description="PEM EC P-256 key; default: generated into the data dir."
+    )
+    jwt_issuer: str = "imagegate"
+    jwt_audience: str = "imagegate"
+    token_ttl_seconds: int = Field(900, gt=0, le=86400)
+    token_leeway_seconds: int = Field(60, ge=0, le=60)
+
+    # Passwords and login throttling
+    password_min_length: int = Field(12, ge=8, le=1024)
+    argon2_time_cost: int = Field(2, ge=2)
+    argon2_memory_kib: int = Field(19 * 1024, ge=19 * 1024)
+    argon2_parallelism: int = Field(1, ge=1)
+    login_max_failures: int = Field(5, ge=1)
+    login_window_seconds: int = Field(300, gt=0)
+    login_lockout_seconds: int = Field(60, gt=0)
+    login_lockout_max_seconds: int = Field(900, gt=0)
+
+    # Uploads
+    upload_max_bytes: int = Field(40 * MIB, gt=0)
+    image_max_pixels: int = Field(50_000_000, gt=0)
+    image_max_side: int = Field(10_000, gt=0)
+    image_max_frames: int = Field(900, gt=0)
+    codec_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    codec_queue: int = Field(8, ge=0, description="Uploads that may wait for a codec worker.")
+    codec_timeout_seconds: float = Field(60.0, gt=0)
+    jpeg_quality: int = Field(80, ge=1, le=100)
+    webp_quality: int = Field(79, ge=1, le=100)
+    avif_quality: int = Field(63, ge=1, le=100)
+
+    # Operator conveniences
+    demo: bool = False
+
+    @model_validator(mode="after")
+    def _check_tls_pair(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls or self.tls_cert is not None
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'imagegate.db').resolve()}"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.data_dir / "tmp"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment, with explicit (CLI) values taking precedence."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,1 @@
+"""Where image bytes live: a small interface and its backends."""

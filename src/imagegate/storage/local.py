@@ -1,0 +1,64 @@
+"""Images as files in a local folder: written to a temp name, fsynced, then renamed."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio.to_thread
+
+from imagegate.storage.base import StoredObject
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStorage:
+    """One flat folder; visibility lives in the database, so ``public`` is not needed here."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _put(self, name: str, source: Path) -> None:
+        # The source is written by us in the same data dir, so rename is atomic and cheap.
+        with open(source, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(source, self.root / name)
+        _fsync_dir(self.root)
+
+    async def put(self, name: str, source: Path, *, public: bool) -> None:
+        await anyio.to_thread.run_sync(self._put, name, source)
+
+    def _delete(self, name: str) -> None:
+        (self.root / name).unlink(missing_ok=True)
+        _fsync_dir(self.root)
+
+    async def delete(self, name: str) -> None:
+        await anyio.to_thread.run_sync(self._delete, name)
+
+    def _health(self) -> None:
+        probe = self.root / f".health-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        if probe.read_bytes() != b"ok":
+            raise OSError("storage probe read back different bytes")
+        probe.unlink()
+
+    async def health(self) -> None:
+        await anyio.to_thread.run_sync(self._health)
+
+    async def list(self) -> AsyncIterator[StoredObject]:
+        entries = await anyio.to_thread.run_sync(lambda: list(os.scandir(self.root)))
+        for entry in entries:
+            if entry.is_file() and not entry.name.startswith("."):
+                st = entry.stat()
+                yield StoredObject(entry.name, st.st_size, st.st_mtime)
+
+    def local_path(self, name: str) -> Path | None:
+        return self.root / name

@@ -1,0 +1,1 @@
+"""The uploader service: stream the body in, check it is an image, compress it, store it."""

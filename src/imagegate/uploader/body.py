@@ -1,0 +1,113 @@
+"""Receive an upload body into a temp file, streamed, under a hard size cap.
+
+The body is either raw (any Content-Type: the client's type is ignored) or multipart/form-data
+with the image in the field ``file``. Memory use is one network chunk, whatever the size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import BinaryIO
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from imagegate.errors import BadRequest, PayloadTooLarge
+
+FILE_FIELD = b"file"
+MAX_PARTS = 16
+
+
+class _MultipartSink:
+    """Feeds python-multipart and writes only the ``file`` part's data to ``out``."""
+
+    def __init__(self, boundary: bytes, out: BinaryIO) -> None:
+        self.out = out
+        self.parts = 0
+        self.found = False
+        self._writing = False
+        self._header_field = b""
+        self._header_value = b""
+        self._headers: dict[bytes, bytes] = {}
+        self.parser = MultipartParser(
+            boundary,
+            callbacks={
+                "on_part_begin": self._part_begin,
+                "on_header_field": self._header_field_cb,
+                "on_header_value": self._header_value_cb,
+                "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_finished,
+                "on_part_data": self._part_data,
+                "on_part_end": self._part_end,
+            },
+        )
+
+    def _part_begin(self) -> None:
+        self.parts += 1
+        if self.parts > MAX_PARTS:
+            raise BadRequest(f"multipart body has more than {MAX_PARTS} parts")
+        self._headers = {}
+
+    def _header_field_cb(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def _header_value_cb(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _header_end(self) -> None:
+        self._headers[self._header_field.lower()] = self._header_value
+        self._header_field = self._header_value = b""
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        is_file = options.get(b"name") == FILE_FIELD
+        if is_file and self.found:
+            raise BadRequest("multipart body has more than one 'file' field")
+        self._writing = is_file
+        self.found = self.found or is_file
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._writing:
+            self.out.write(data[start:end])
+
+    def _part_end(self) -> None:
+        self._writing = False
+
+
+async def receive_body(request: Request, dest: Path, max_bytes: int) -> int:
+    """Write the uploaded file to ``dest``; returns its size. Raises 400/413 on bad bodies."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise PayloadTooLarge(f"upload is over the {max_bytes}-byte limit")
+    content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    received = 0
+    with open(dest, "wb") as out:
+        sink = None
+        if content_type == b"multipart/form-data":
+            boundary = options.get(b"boundary")
+            if not boundary:
+                raise BadRequest("multipart/form-data without a boundary")
+            sink = _MultipartSink(boundary, out)
+        try:
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > max_bytes:
+                    raise PayloadTooLarge(f"upload is over the {max_bytes}-byte limit")
+                if sink is None:
+                    out.write(chunk)
+                else:
+                    sink.parser.write(chunk)
+            if sink is not None:
+                sink.parser.finalize()
+        except ClientDisconnect as exc:
+            raise BadRequest("client closed the connection before the upload finished") from exc
+        except MultipartParseError as exc:
+            raise BadRequest(f"malformed multipart body: {exc}") from exc
+        if sink is not None:
+            if not sink.found:
+                raise BadRequest("multipart body has no 'file' field")
+        size = out.tell()
+    if size == 0:
+        raise BadRequest("empty upload: send the image as the request body")
+    return size

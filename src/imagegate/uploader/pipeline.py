@@ -1,0 +1,67 @@
+"""An upload from request to record, top to bottom: receive with a cap → identify, check,
+compress (codec worker) → store durably → commit the record. Any failure leaves nothing."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import anyio
+from sqlalchemy.exc import IntegrityError
+from starlette.requests import Request
+
+from imagegate.db.models import Image
+from imagegate.db.types import utcnow
+from imagegate.errors import Unauthorized, Unavailable
+from imagegate.runtime import Runtime
+from imagegate.security.tokens import Identity
+from imagegate.uploader.body import receive_body
+
+
+async def ingest(runtime: Runtime, request: Request, owner: Identity, visibility: str) -> Image:
+    """Store the request's image for ``owner``; raises AppError subclasses for bad input."""
+    assert runtime.codec is not None, "uploader role not started"
+    token = uuid.uuid4().hex
+    src = runtime.settings.tmp_dir / f"{token}.upload"
+    dst = runtime.settings.tmp_dir / f"{token}.out"
+    try:
+        await receive_body(request, src, runtime.settings.upload_max_bytes)
+        result = await runtime.codec.process(src, dst)
+        image = Image(
+            name=f"{uuid.uuid4()}.{result.ext}",
+            owner_id=owner.user_id,
+            visibility=visibility,
+            content_type=result.content_type,
+            width=result.width,
+            height=result.height,
+            frames=result.frames,
+            bytes=result.bytes,
+            uploaded_bytes=result.uploaded_bytes,
+            sha256=result.sha256,
+            created_at=utcnow(),
+        )
+        await _store(runtime, image, dst)
+    finally:
+        src.unlink(missing_ok=True)
+        dst.unlink(missing_ok=True)
+    runtime.metrics.bytes_received.inc(result.uploaded_bytes)
+    runtime.metrics.bytes_stored.inc(result.bytes)
+    return image
+
+
+async def _store(runtime: Runtime, image: Image, path: Path) -> None:
+    try:
+        await runtime.storage.put(image.name, path, public=image.visibility == "public")
+    except OSError as exc:
+        raise Unavailable("image storage is unavailable; try again later") from exc
+    try:
+        async with runtime.sessions() as session:
+            session.add(image)
+            await session.commit()
+    except BaseException as exc:
+        # Bytes first, record second: on any failure (even cancellation) the bytes go too.
+        with anyio.CancelScope(shield=True):
+            await runtime.storage.delete(image.name)
+        if isinstance(exc, IntegrityError):
+            raise Unauthorized("account no longer exists") from exc
+        raise

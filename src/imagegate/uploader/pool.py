@@ -1,0 +1,64 @@
+"""A bounded pool of codec worker processes: image work never runs on the event loop.
+
+pebble's ProcessPool kills and replaces a worker whose task overruns its timeout, so one
+pathological image cannot hold a core forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+
+from pebble import ProcessExpired, ProcessPool
+
+from imagegate.errors import Unavailable, Unprocessable
+from imagegate.uploader.process import Limits, Processed, Quality, process_image, warm_up
+
+
+class CodecPool:
+    def __init__(
+        self, workers: int, queue: int, timeout: float, limits: Limits, quality: Quality
+    ) -> None:
+        self._capacity = workers + queue
+        self._in_flight = 0
+        self._timeout = timeout
+        self._limits = limits
+        self._quality = quality
+        # forkserver: workers start from a clean process, not a fork of a running event loop.
+        self._pool = ProcessPool(
+            max_workers=workers,
+            initializer=warm_up,
+            context=multiprocessing.get_context("forkserver"),
+        )
+
+    async def process(self, src: Path, dst: Path) -> Processed:
+        """Run the image pipeline on ``src``; 503 when every worker and queue slot is taken."""
+        if self._in_flight >= self._capacity:
+            raise Unavailable("image processing is at capacity; retry shortly", retry_after=2)
+        self._in_flight += 1
+        try:
+            future = self._pool.schedule(
+                process_image,
+                args=(str(src), str(dst), self._limits, self._quality),
+                timeout=self._timeout,
+            )
+            try:
+                return await asyncio.wrap_future(future)
+            except FutureTimeout as exc:
+                raise Unprocessable(
+                    f"image took longer than {self._timeout:g} s to process"
+                ) from exc
+            except ProcessExpired as exc:
+                raise Unprocessable("image could not be processed (the decoder crashed)") from exc
+            except asyncio.CancelledError:
+                future.cancel()  # pebble stops the worker running it
+                raise
+        finally:
+            self._in_flight -= 1
+
+    def close(self) -> None:
+        self._pool.close()
+        self._pool.join(timeout=10)
+        self._pool.stop()

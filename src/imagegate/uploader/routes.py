@@ -1,0 +1,173 @@
+"""HTTP routes of the uploader: upload, list, delete, and serving images."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from imagegate.db import queries
+from imagegate.db.models import Image
+from imagegate.deps import CurrentIdentity, RuntimeDep, SessionDep
+from imagegate.errors import AppError, NotFound, Unprocessable
+from imagegate.serving import image_response
+from imagegate.uploader.formats import is_image_name
+from imagegate.uploader.pipeline import ingest
+
+router = APIRouter(tags=["images"])
+Visibility = Literal["public", "private"]
+
+
+class ImageOut(BaseModel):
+    filename: str
+    url: str
+    content_type: str
+    width: int
+    height: int
+    frames: int
+    bytes: int
+    sha256: str
+    visibility: Visibility
+    created_at: datetime
+
+
+class ImagePage(BaseModel):
+    items: list[ImageOut]
+    next_cursor: str | None
+
+
+def image_url(image: Image) -> str:
+    """Public images are anyone's at /images/; private ones only their owner's at /v1/user/."""
+    prefix = "/images/" if image.visibility == "public" else "/v1/user/"
+    return prefix + image.name
+
+
+def image_out(image: Image) -> ImageOut:
+    return ImageOut(
+        filename=image.name,
+        url=image_url(image),
+        content_type=image.content_type,
+        width=image.width,
+        height=image.height,
+        frames=image.frames,
+        bytes=image.bytes,
+        sha256=image.sha256,
+        visibility=image.visibility,  # type: ignore[arg-type]
+        created_at=image.created_at,
+    )
+
+
+@router.post(
+    "/v1/upload",
+    status_code=201,
+    response_model=ImageOut,
+    summary="Upload an image",
+    description=(
+        "The image as the raw body (any Content-Type) or as the multipart/form-data field "
+        "`file`. JPEG, PNG, GIF, WebP or AVIF; it is normalized, stripped of metadata and "
+        "compressed."
+    ),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                        "required": ["file"],
+                    }
+                },
+            },
+        }
+    },
+    responses={
+        400: {"description": "Empty or malformed body"},
+        413: {"description": "Body over the size limit"},
+        415: {"description": "Not an accepted image type"},
+        422: {"description": "Too large in pixels or frames, corrupt or truncated"},
+        503: {"description": "At capacity or storage unavailable; see Retry-After"},
+    },
+)
+async def upload(
+    request: Request,
+    identity: CurrentIdentity,
+    runtime: RuntimeDep,
+    visibility: Visibility = "public",
+) -> JSONResponse:
+    try:
+        image = await ingest(runtime, request, identity, visibility)
+    except AppError as exc:
+        runtime.metrics.uploads.labels(str(exc.status)).inc()
+        raise
+    runtime.metrics.uploads.labels("stored").inc()
+    url = image_url(image)
+    return JSONResponse(
+        image_out(image).model_dump(mode="json"), status_code=201, headers={"Location": url}
+    )
+
+
+@router.get("/v1/images", response_model=ImagePage, summary="The caller's images, newest first")
+async def list_images(
+    identity: CurrentIdentity,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> ImagePage:
+    try:
+        after = queries.decode_cursor(cursor) if cursor else None
+    except ValueError as exc:
+        raise Unprocessable("cursor: not a cursor from this listing") from exc
+    images, next_cursor = await queries.images_page(session, identity.user_id, limit, after)
+    return ImagePage(items=[image_out(i) for i in images], next_cursor=next_cursor)
+
+
+@router.delete("/v1/images/{filename}", status_code=204, summary="Delete one of the caller's images")
+async def delete_image(
+    filename: str, identity: CurrentIdentity, runtime: RuntimeDep, session: SessionDep
+) -> Response:
+    if not is_image_name(filename):
+        raise NotFound("no such image")
+    # Record first, bytes second: a crash in between leaves an orphan file that start-up removes.
+    if not await queries.delete_image(session, filename, identity.user_id):
+        raise NotFound("no such image")
+    await session.commit()
+    await runtime.storage.delete(filename)
+    return Response(status_code=204)
+
+
+@router.api_route(
+    "/images/{filename}", methods=["GET", "HEAD"], summary="A public image", response_class=Response
+)
+async def public_image(filename: str, request: Request, runtime: RuntimeDep, session: SessionDep) -> Response:
+    if not is_image_name(filename):
+        raise NotFound("no such image")
+    image = await queries.image_for_viewer(session, filename, owner_id=None)
+    if image is None:
+        raise NotFound("no such image")
+    return image_response(request, runtime.storage, image, public=True)
+
+
+@router.api_route(
+    "/v1/user/{filename}",
+    methods=["GET", "HEAD"],
+    summary="One of the caller's images, public or private",
+    response_class=Response,
+)
+async def own_image(
+    filename: str,
+    request: Request,
+    identity: CurrentIdentity,
+    runtime: RuntimeDep,
+    session: SessionDep,
+) -> Response:
+    if not is_image_name(filename):
+        raise NotFound("no such image")
+    image = await queries.image_for_viewer(session, filename, owner_id=identity.user_id)
+    if image is None:
+        raise NotFound("no such image")
+    return image_response(request, runtime.storage, image, public=False)
