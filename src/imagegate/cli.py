@@ -44,11 +44,19 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("role", nargs="?", choices=ALL_ROLES, help="run one service alone")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
-    serve.add_argument("--demo", action="store_true", default=None,
-                       help=f"create the seed's demo user {DEMO_LOGIN}/{DEMO_PASSWORD} if absent")
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        default=None,
+        help=f"create the seed's demo user {DEMO_LOGIN}/{DEMO_PASSWORD} if absent",
+    )
     tls = serve.add_mutually_exclusive_group()
-    tls.add_argument("--tls", action="store_true", default=None,
-                     help="HTTPS with a self-signed certificate generated into the data dir")
+    tls.add_argument(
+        "--tls",
+        action="store_true",
+        default=None,
+        help="HTTPS with a self-signed certificate generated into the data dir",
+    )
     tls.add_argument("--cert", help="HTTPS certificate file (with --key)")
     serve.add_argument("--key", help="HTTPS private key file (with --cert)")
     _common(serve)
@@ -117,8 +125,12 @@ async def _add_user(settings: Settings, login: str, password: str, *, enforce: b
     try:
         async with create_sessionmaker(engine)() as session:
             user = await create_account(
-                session, _passwords(settings), login, password,
-                min_length=settings.password_min_length, enforce_policy=enforce,
+                session,
+                _passwords(settings),
+                login,
+                password,
+                min_length=settings.password_min_length,
+                enforce_policy=enforce,
             )
         print(f"created {user.login} ({user.id})")
     finally:
@@ -132,14 +144,21 @@ async def _ensure_demo_user(settings: Settings) -> None:
             if await queries.user_by_login(session, DEMO_LOGIN) is not None:
                 return
             await create_account(
-                session, _passwords(settings), DEMO_LOGIN, DEMO_PASSWORD,
-                min_length=settings.password_min_length, enforce_policy=False,
+                session,
+                _passwords(settings),
+                DEMO_LOGIN,
+                DEMO_PASSWORD,
+                min_length=settings.password_min_length,
+                enforce_policy=False,
             )
         banner = "!" * 78
         log.warning(
             "\n%s\n  DEMO MODE: created user %r with the well-known password %r.\n"
             "  It bypasses the password policy. Never use --demo on a reachable host.\n%s",
-            banner, DEMO_LOGIN, DEMO_PASSWORD, banner,
+            banner,
+            DEMO_LOGIN,
+            DEMO_PASSWORD,
+            banner,
         )
     finally:
         await engine.dispose()

@@ -77,7 +77,9 @@ class Unavailable(AppError):
         super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
-def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
     """The one shape of every error this service sends."""
     return JSONResponse({"error": message}, status_code=status, headers=dict(headers or {}))
 

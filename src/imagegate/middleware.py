@@ -39,7 +39,10 @@ class RequestContext:
             nonlocal status, sent
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
             await send(message)
@@ -56,7 +59,13 @@ class RequestContext:
             client = scope.get("client") or ("-", 0)
             access_log.info(
                 '%s "%s %s" %d %d %.1fms rid=%s',
-                client[0], method, scope["path"], status, sent, elapsed * 1000, request_id,
+                client[0],
+                method,
+                scope["path"],
+                status,
+                sent,
+                elapsed * 1000,
+                request_id,
             )
 
 

@@ -64,6 +64,7 @@ class Runtime:
             limits=Limits(s.image_max_pixels, s.image_max_side, s.image_max_frames),
             quality=Quality(s.jpeg_quality, s.webp_quality, s.avif_quality),
         )
+        await self.codec.warm()
 
     async def stop(self) -> None:
         if self.codec is not None:

@@ -13,7 +13,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
-def ensure_self_signed(directory: Path, hostnames: tuple[str, ...] = ("localhost",)) -> tuple[Path, Path]:
+def ensure_self_signed(
+    directory: Path, hostnames: tuple[str, ...] = ("localhost",)
+) -> tuple[Path, Path]:
     """Return (cert, key) paths under ``directory``, creating a P-256 pair valid 1 year."""
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     if cert_path.exists() and key_path.exists():

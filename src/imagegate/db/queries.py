@@ -29,7 +29,9 @@ async def user_by_id(session: AsyncSession, user_id: str) -> User | None:
 
 
 async def set_password_hash(session: AsyncSession, user_id: str, password_hash: str) -> None:
-    await session.execute(update(User).where(User.id == user_id).values(password_hash=password_hash))
+    await session.execute(
+        update(User).where(User.id == user_id).values(password_hash=password_hash)
+    )
 
 
 async def user_usage(session: AsyncSession, user_id: str) -> Usage:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -44,10 +45,8 @@ def load_or_create_signing_key(path: Path) -> ec.EllipticCurvePrivateKey:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        try:
+        with contextlib.suppress(FileExistsError):
             _create_private_file(path, pem)
-        except FileExistsError:
-            pass
     loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(loaded, ec.EllipticCurvePrivateKey) or loaded.curve.name != "secp256r1":
         raise ValueError(f"{path}: expected an EC P-256 private key for ES256")

@@ -121,7 +121,11 @@ async def login(request: Request, runtime: RuntimeDep, session: SessionDep) -> R
     runtime.metrics.logins.labels("ok").inc()
     token = runtime.issuer.issue(identity)
     if "application/json" in request.headers.get("accept", ""):
-        out = TokenOut(access_token=token, token_type="Bearer", expires_in=runtime.issuer.ttl)
+        out = TokenOut(
+            access_token=token,
+            token_type="Bearer",  # noqa: S106 - a scheme name, not a secret
+            expires_in=runtime.issuer.ttl,
+        )
         return JSONResponse(out.model_dump(), headers={"Cache-Control": "no-store"})
     return PlainTextResponse(token, headers={"Cache-Control": "no-store"})
 
@@ -157,6 +161,4 @@ async def validate(identity: CurrentIdentity, session: SessionDep) -> JSONRespon
 
 @router.get("/.well-known/jwks.json", summary="Public keys that verify tokens")
 async def jwks(runtime: RuntimeDep) -> JSONResponse:
-    return JSONResponse(
-        runtime.verifier.jwks(), headers={"Cache-Control": "public, max-age=300"}
-    )
+    return JSONResponse(runtime.verifier.jwks(), headers={"Cache-Control": "public, max-age=300"})

@@ -31,7 +31,9 @@ def throttle_keys(login: str, address: str | None) -> list[str]:
 
 async def retry_after(session: AsyncSession, keys: list[str], now: float) -> int | None:
     """Seconds until the longest block on any of ``keys`` ends, or None when not blocked."""
-    rows = await session.scalars(select(LoginThrottle.blocked_until).where(LoginThrottle.key.in_(keys)))
+    rows = await session.scalars(
+        select(LoginThrottle.blocked_until).where(LoginThrottle.key.in_(keys))
+    )
     until = max(rows, default=0.0)
     return math.ceil(until - now) if until > now else None
 
@@ -46,7 +48,9 @@ async def record_failure(
     for key in keys:
         await session.execute(
             insert(LoginThrottle)
-            .values(key=key, failures=0, window_started=now, blocked_until=0.0, lockouts=0, updated=now)
+            .values(
+                key=key, failures=0, window_started=now, blocked_until=0.0, lockouts=0, updated=now
+            )
             .on_conflict_do_nothing(index_elements=["key"])
         )
         row = await session.scalar(
@@ -60,7 +64,9 @@ async def record_failure(
         row.failures += 1
         if row.failures >= policy.max_failures:
             row.lockouts += 1
-            row.blocked_until = now + min(policy.lockout * 2 ** (row.lockouts - 1), policy.lockout_max)
+            row.blocked_until = now + min(
+                policy.lockout * 2 ** (row.lockouts - 1), policy.lockout_max
+            )
             row.failures, row.window_started = 0, now
         row.updated = now
     await session.execute(delete(LoginThrottle).where(LoginThrottle.updated < now - STALE_AFTER))

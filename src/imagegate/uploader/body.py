@@ -82,7 +82,8 @@ async def receive_body(request: Request, dest: Path, max_bytes: int) -> int:
         raise PayloadTooLarge(f"upload is over the {max_bytes}-byte limit")
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     received = 0
-    with open(dest, "wb") as out:
+    # Plain writes: each is one network chunk into the page cache, cheaper than a thread hop.
+    with open(dest, "wb") as out:  # noqa: ASYNC230
         sink = None
         if content_type == b"multipart/form-data":
             boundary = options.get(b"boundary")
@@ -104,9 +105,8 @@ async def receive_body(request: Request, dest: Path, max_bytes: int) -> int:
             raise BadRequest("client closed the connection before the upload finished") from exc
         except MultipartParseError as exc:
             raise BadRequest(f"malformed multipart body: {exc}") from exc
-        if sink is not None:
-            if not sink.found:
-                raise BadRequest("multipart body has no 'file' field")
+        if sink is not None and not sink.found:
+            raise BadRequest("multipart body has no 'file' field")
         size = out.tell()
     if size == 0:
         raise BadRequest("empty upload: send the image as the request body")

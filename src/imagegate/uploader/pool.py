@@ -10,6 +10,7 @@ import asyncio
 import multiprocessing
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
+from typing import Any
 
 from pebble import ProcessExpired, ProcessPool
 
@@ -21,17 +22,23 @@ class CodecPool:
     def __init__(
         self, workers: int, queue: int, timeout: float, limits: Limits, quality: Quality
     ) -> None:
+        self._workers = workers
         self._capacity = workers + queue
         self._in_flight = 0
         self._timeout = timeout
         self._limits = limits
         self._quality = quality
         # forkserver: workers start from a clean process, not a fork of a running event loop.
-        self._pool = ProcessPool(
+        self._pool: Any = ProcessPool(  # pebble ships no type hints
             max_workers=workers,
             initializer=warm_up,
             context=multiprocessing.get_context("forkserver"),
         )
+
+    async def warm(self) -> None:
+        """Start every worker now, so the first uploads do not pay for process start-up."""
+        futures = [self._pool.schedule(warm_up) for _ in range(self._workers)]
+        await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
 
     async def process(self, src: Path, dst: Path) -> Processed:
         """Run the image pipeline on ``src``; 503 when every worker and queue slot is taken."""

@@ -17,7 +17,17 @@ from typing import Any
 
 from PIL import GifImagePlugin, Image, ImageOps, ImageSequence, UnidentifiedImageError
 
-from imagegate.uploader.formats import ALLOWED_NAMES, AVIF, BY_EXT, GIF, JPEG, PNG, WEBP, Format, sniff
+from imagegate.uploader.formats import (
+    ALLOWED_NAMES,
+    AVIF,
+    BY_EXT,
+    GIF,
+    JPEG,
+    PNG,
+    WEBP,
+    Format,
+    sniff,
+)
 from imagegate.uploader.strip import STRIPPERS
 
 # Keep GIF frames in palette mode where they share a palette, so re-encoding stays faithful.
@@ -127,13 +137,14 @@ def _decode(img: Image.Image, frames: int) -> tuple[list[Image.Image], bool]:
 def _encode(
     frames: list[Image.Image], fmt: Format, source_info: dict[str, Any], quality: Quality
 ) -> bytes:
-    options: dict[str, Any] = {
+    presets: dict[Format, dict[str, Any]] = {
         JPEG: {"quality": quality.jpeg, "progressive": True, "optimize": True},
         PNG: {"optimize": True},
         GIF: {"optimize": True},
         WEBP: {"quality": quality.webp, "method": 4},
         AVIF: {"quality": quality.avif},
-    }[fmt]
+    }
+    options = dict(presets[fmt])
     icc = source_info.get("icc_profile")
     if icc:
         options["icc_profile"] = icc
@@ -157,9 +168,7 @@ def _stripped_original(data: bytes, fmt: Format, source_info: dict[str, Any]) ->
     return None if has_metadata else data
 
 
-def process_image(
-    src: str, dst: str, limits: Limits, quality: Quality
-) -> Processed:
+def process_image(src: str, dst: str, limits: Limits, quality: Quality) -> Processed:
     """Turn the upload at ``src`` into the file to store at ``dst``, or raise ImageRejected."""
     data = Path(src).read_bytes()
     fmt = sniff(data[:64])
@@ -167,7 +176,7 @@ def process_image(
         raise ImageRejected(415, f"file is not an image of an accepted type ({ALLOWED_NAMES})")
     img = _open(data, fmt, limits)
     frames = _check_dimensions(img, limits)
-    source_info = dict(img.info)
+    source_info = {str(k): v for k, v in img.info.items()}
     try:
         decoded, rotated = _decode(img, frames)
         reencoded = _encode(decoded, fmt, source_info, quality)

@@ -55,7 +55,7 @@ def image_out(image: Image) -> ImageOut:
         frames=image.frames,
         bytes=image.bytes,
         sha256=image.sha256,
-        visibility=image.visibility,  # type: ignore[arg-type]
+        visibility=image.visibility,
         created_at=image.created_at,
     )
 
@@ -126,7 +126,9 @@ async def list_images(
     return ImagePage(items=[image_out(i) for i in images], next_cursor=next_cursor)
 
 
-@router.delete("/v1/images/{filename}", status_code=204, summary="Delete one of the caller's images")
+@router.delete(
+    "/v1/images/{filename}", status_code=204, summary="Delete one of the caller's images"
+)
 async def delete_image(
     filename: str, identity: CurrentIdentity, runtime: RuntimeDep, session: SessionDep
 ) -> Response:
@@ -143,7 +145,9 @@ async def delete_image(
 @router.api_route(
     "/images/{filename}", methods=["GET", "HEAD"], summary="A public image", response_class=Response
 )
-async def public_image(filename: str, request: Request, runtime: RuntimeDep, session: SessionDep) -> Response:
+async def public_image(
+    filename: str, request: Request, runtime: RuntimeDep, session: SessionDep
+) -> Response:
     if not is_image_name(filename):
         raise NotFound("no such image")
     image = await queries.image_for_viewer(session, filename, owner_id=None)

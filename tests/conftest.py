@@ -1,0 +1,94 @@
+"""Fixtures shared by every suite: a real server (or IMAGEGATE_BASE_URL) and accounts on it."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.server import ServerProcess
+
+
+@dataclass
+class Target:
+    """What the contract suite talks to; ``data_dir`` is known only for a server we started."""
+
+    base_url: str
+    data_dir: Path | None
+    verify: bool | str = True
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, verify=self.verify, timeout=60, **kwargs)
+
+    def stored_files(self) -> set[str] | None:
+        """Names of stored image files and temp files, when the storage is a local folder."""
+        if self.data_dir is None:
+            return None
+        names = set()
+        for sub in ("images", "tmp"):
+            folder = self.data_dir / sub
+            if folder.exists():
+                names |= {f"{sub}/{p.name}" for p in folder.iterdir()}
+        return names
+
+
+@pytest.fixture(scope="session")
+def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    url = os.environ.get("IMAGEGATE_BASE_URL")
+    if url:
+        yield Target(url.rstrip("/"), None, os.environ.get("IMAGEGATE_CA_BUNDLE", True))
+        return
+    server = ServerProcess(tmp_path_factory.mktemp("contract") / "data").start()
+    yield Target(server.base_url, server.data_dir)
+    server.stop()
+
+
+@pytest.fixture
+def client(target: Target) -> Iterator[httpx.Client]:
+    with target.client() as c:
+        yield c
+
+
+@dataclass
+class Account:
+    id: str
+    login: str
+    password: str
+    token: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def new_login() -> str:
+    return f"u{uuid.uuid4().hex[:12]}"
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def register_and_login(client: httpx.Client) -> Account:
+    login, password = new_login(), new_password()
+    r = client.post("/v1/register", json={"login": login, "password": password})
+    assert r.status_code == 201, r.text
+    t = client.post("/v1/token", json={"login": login, "password": password})
+    assert t.status_code == 200, t.text
+    return Account(r.json()["id"], login, password, t.text)
+
+
+@pytest.fixture
+def make_account(client: httpx.Client) -> Callable[[], Account]:
+    return lambda: register_and_login(client)
+
+
+@pytest.fixture
+def account(make_account: Callable[[], Account]) -> Account:
+    return make_account()
