@@ -14,8 +14,15 @@ from typing import Any
 
 from pebble import ProcessExpired, ProcessPool
 
-from imagegate.errors import Unavailable, Unprocessable
-from imagegate.uploader.process import Limits, Processed, Quality, process_image, warm_up
+from imagegate.errors import AppError, Unavailable, Unprocessable
+from imagegate.uploader.process import (
+    ImageRejected,
+    Limits,
+    Processed,
+    Quality,
+    process_image,
+    warm_up,
+)
 
 
 class CodecPool:
@@ -53,6 +60,8 @@ class CodecPool:
             )
             try:
                 return await asyncio.wrap_future(future)
+            except ImageRejected as exc:
+                raise AppError(exc.message, status=exc.status) from None
             except FutureTimeout as exc:
                 raise Unprocessable(
                     f"image took longer than {self._timeout:g} s to process"

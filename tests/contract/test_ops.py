@@ -1,0 +1,61 @@
+"""Status, health, metrics, the OpenAPI description, and JSON errors everywhere."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.conftest import Account
+from tests.support import images
+
+
+def test_status_is_the_seeds(client: httpx.Client) -> None:
+    assert client.get("/status").json() == {"status": "OK"}
+
+
+def test_healthz_checks_database_and_storage(client: httpx.Client) -> None:
+    r = client.get("/healthz")
+    assert r.status_code == 200
+    assert r.json()["checks"]["database"] == "ok"
+
+
+def test_metrics_count_requests_and_uploads(client: httpx.Client, account: Account) -> None:
+    client.post("/v1/upload", content=images.jpeg(32, 32), headers=account.auth)
+    client.post("/v1/upload", content=b"not an image", headers=account.auth)
+    text = client.get("/metrics").text
+    assert 'imagegate_http_requests_total{method="POST",route="/v1/upload",status="201"}' in text
+    assert 'imagegate_uploads_total{outcome="stored"}' in text
+    assert 'imagegate_uploads_total{outcome="415"}' in text
+    assert "imagegate_http_request_duration_seconds_bucket" in text
+    assert "imagegate_upload_stored_bytes_total" in text
+
+
+def test_openapi_describes_every_route(client: httpx.Client) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ["/v1/register", "/v1/user", "/v1/token", "/v1/token/validation", "/v1/upload",
+                 "/images/{filename}", "/v1/user/{filename}", "/v1/images",
+                 "/v1/images/{filename}", "/.well-known/jwks.json", "/status", "/healthz",
+                 "/metrics"]:
+        assert path in paths, path
+    assert client.get("/docs").status_code == 200
+
+
+def test_errors_are_json(client: httpx.Client) -> None:
+    r = client.get("/no/such/route")
+    assert r.status_code == 404
+    assert r.json() == {"error": "Not Found"}
+    r = client.put("/v1/token")
+    assert r.status_code == 405
+    assert r.json()["error"]
+
+
+def test_json_bodies_are_size_limited(client: httpx.Client) -> None:
+    big = b'{"login": "' + b"a" * 100_000 + b'", "password": "x"}'
+    r = client.post("/v1/token", content=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert r.json()["error"]
+
+
+def test_request_id_is_echoed_or_made(client: httpx.Client) -> None:
+    assert client.get("/status", headers={"X-Request-Id": "abc-123"}).headers["X-Request-Id"] == "abc-123"
+    made = client.get("/status", headers={"X-Request-Id": "bad id <script>"}).headers["X-Request-Id"]
+    assert made != "bad id" and len(made) == 32
