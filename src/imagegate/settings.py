@@ -68,7 +68,9 @@ class Settings(BaseSettings):
     image_max_side: int = Field(10_000, gt=0)
     image_max_frames: int = Field(900, gt=0)
     codec_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
-    codec_queue: int = Field(8, ge=0, description="Uploads that may wait for a codec worker.")
+    codec_queue: int = Field(
+        64, ge=0, description="Uploads that may wait for a codec worker (each waits on disk)."
+    )
     codec_timeout_seconds: float = Field(60.0, gt=0)
     jpeg_quality: int = Field(80, ge=1, le=100)
     webp_quality: int = Field(79, ge=1, le=100)
