@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import ssl
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ class Target:
 
     base_url: str
     data_dir: Path | None
-    verify: bool | str = True
+    verify: bool | ssl.SSLContext = True
 
     def client(self, **kwargs: object) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, verify=self.verify, timeout=60, **kwargs)
@@ -42,7 +43,9 @@ class Target:
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     url = os.environ.get("IMAGEGATE_BASE_URL")
     if url:
-        yield Target(url.rstrip("/"), None, os.environ.get("IMAGEGATE_CA_BUNDLE", True))
+        ca = os.environ.get("IMAGEGATE_CA_BUNDLE")
+        verify = ssl.create_default_context(cafile=ca) if ca else True
+        yield Target(url.rstrip("/"), None, verify)
         return
     server = ServerProcess(tmp_path_factory.mktemp("contract") / "data").start()
     yield Target(server.base_url, server.data_dir)

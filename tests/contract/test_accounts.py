@@ -26,7 +26,10 @@ def test_register_returns_the_account(client: httpx.Client, path: str) -> None:
 
 def test_register_login_is_unique_case_insensitively(client: httpx.Client) -> None:
     login = new_login()
-    assert client.post("/v1/register", json={"login": login, "password": new_password()}).status_code == 201
+    assert (
+        client.post("/v1/register", json={"login": login, "password": new_password()}).status_code
+        == 201
+    )
     r = client.post("/v1/register", json={"login": login.upper(), "password": new_password()})
     assert r.status_code == 409
     assert "taken" in r.json()["error"]
@@ -57,8 +60,14 @@ def test_register_rejects_policy_violations(
 
 @pytest.mark.parametrize(
     "body",
-    [b"", b"not json", b"[]", b'{"login": "abc"}', b'{"login": 1, "password": "x"}',
-     b'{"login": "abcd", "password": "a fine passphrase", "admin": true}'],
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b'{"login": "abc"}',
+        b'{"login": 1, "password": "x"}',
+        b'{"login": "abcd", "password": "a fine passphrase", "admin": true}',
+    ],
 )
 def test_register_rejects_bad_shapes(client: httpx.Client, body: bytes) -> None:
     r = client.post("/v1/register", content=body, headers={"Content-Type": "application/json"})
@@ -68,7 +77,9 @@ def test_register_rejects_bad_shapes(client: httpx.Client, body: bytes) -> None:
 
 def test_long_passwords_are_not_truncated(client: httpx.Client) -> None:
     login, password = new_login(), "p" * 100 + new_password() + "q" * 900
-    assert client.post("/v1/register", json={"login": login, "password": password}).status_code == 201
+    assert (
+        client.post("/v1/register", json={"login": login, "password": password}).status_code == 201
+    )
     near_miss = password[:-1] + "r"
     assert client.post("/v1/token", json={"login": login, "password": near_miss}).status_code == 401
     assert client.post("/v1/token", json={"login": login, "password": password}).status_code == 200
@@ -90,11 +101,15 @@ def test_token_is_plain_text_by_default_and_json_on_request(
 
 
 def test_login_is_case_insensitive(client: httpx.Client, account: Account) -> None:
-    r = client.post("/v1/token", json={"login": account.login.upper(), "password": account.password})
+    r = client.post(
+        "/v1/token", json={"login": account.login.upper(), "password": account.password}
+    )
     assert r.status_code == 200
 
 
-@pytest.mark.parametrize("body", [b"", b"nope", b"[1]", b'{"login": "a"}', b'{"login": 1, "password": 2}'])
+@pytest.mark.parametrize(
+    "body", [b"", b"nope", b"[1]", b'{"login": "a"}', b'{"login": 1, "password": 2}']
+)
 def test_token_rejects_malformed_bodies(client: httpx.Client, body: bytes) -> None:
     r = client.post("/v1/token", content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 400
@@ -115,7 +130,9 @@ def test_repeated_failures_on_a_login_are_throttled(target: Target, client: http
     # Each attempt from its own address: only the per-login counter can trip.
     for i in range(5):
         with client_from(target, f"127.0.1.{i + 1}") as c:
-            assert c.post("/v1/token", json={"login": login, "password": "bad" * 5}).status_code == 401
+            assert (
+                c.post("/v1/token", json={"login": login, "password": "bad" * 5}).status_code == 401
+            )
     with client_from(target, "127.0.1.99") as c:
         r = c.post("/v1/token", json={"login": login, "password": password})
     assert r.status_code == 429
@@ -134,9 +151,12 @@ def test_repeated_failures_from_an_address_are_throttled(
         assert blocked.status_code == 429
         assert int(blocked.headers["Retry-After"]) > 0
     # Another address is unaffected.
-    assert client.post(
-        "/v1/token", json={"login": account.login, "password": account.password}
-    ).status_code == 200
+    assert (
+        client.post(
+            "/v1/token", json={"login": account.login, "password": account.password}
+        ).status_code
+        == 200
+    )
 
 
 def test_user_info_reports_the_caller(client: httpx.Client, account: Account) -> None:
@@ -153,7 +173,9 @@ def test_user_info_ignores_identity_headers_from_the_client(
     client: httpx.Client, make_account: object
 ) -> None:
     alice, mallory = make_account(), make_account()  # type: ignore[operator]
-    r = client.get("/v1/user", headers={**mallory.auth, "X-User-Id": alice.id, "X-User-Login": alice.login})
+    r = client.get(
+        "/v1/user", headers={**mallory.auth, "X-User-Id": alice.id, "X-User-Login": alice.login}
+    )
     assert r.json()["id"] == mallory.id
     anon = client.get("/v1/user", headers={"X-User-Id": alice.id})
     assert anon.status_code == 401

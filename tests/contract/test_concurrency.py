@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import pytest
 
 from tests.conftest import Account, Target, register_and_login
@@ -23,8 +22,9 @@ def test_fifty_concurrent_uploads_from_five_users(target: Target) -> None:
         visibility = "private" if i % 2 else "public"
         data = images.jpeg(640, 480, seed=i)
         with target.client() as c:
-            r = c.post("/v1/upload", content=data, headers=user.auth,
-                       params={"visibility": visibility})
+            r = c.post(
+                "/v1/upload", content=data, headers=user.auth, params={"visibility": visibility}
+            )
         assert r.status_code == 201, r.text
         return user, r.json()
 

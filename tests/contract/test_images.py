@@ -9,16 +9,19 @@ from tests.support import images
 
 
 def _upload(client: httpx.Client, account: Account, seed: int, **params: str) -> dict[str, object]:
-    r = client.post("/v1/upload", content=images.jpeg(64, 48, seed=seed), headers=account.auth,
-                    params=params)
+    r = client.post(
+        "/v1/upload", content=images.jpeg(64, 48, seed=seed), headers=account.auth, params=params
+    )
     assert r.status_code == 201
     body: dict[str, object] = r.json()
     return body
 
 
 def test_listing_is_newest_first_and_paginated(client: httpx.Client, account: Account) -> None:
-    names = [_upload(client, account, i, visibility=v)["filename"]
-             for i, v in enumerate(["public", "private", "public"])]
+    names = [
+        _upload(client, account, i, visibility=v)["filename"]
+        for i, v in enumerate(["public", "private", "public"])
+    ]
     first = client.get("/v1/images", params={"limit": 2}, headers=account.auth).json()
     assert [i["filename"] for i in first["items"]] == names[::-1][:2]
     second = client.get(
@@ -29,9 +32,7 @@ def test_listing_is_newest_first_and_paginated(client: httpx.Client, account: Ac
     assert first["items"][1]["visibility"] == "private"
 
 
-def test_listing_shows_only_the_callers_images(
-    client: httpx.Client, make_account: object
-) -> None:
+def test_listing_shows_only_the_callers_images(client: httpx.Client, make_account: object) -> None:
     alice, bob = make_account(), make_account()  # type: ignore[operator]
     _upload(client, alice, 1, visibility="private")
     assert client.get("/v1/images", headers=bob.auth).json()["items"] == []

@@ -31,10 +31,21 @@ def test_metrics_count_requests_and_uploads(client: httpx.Client, account: Accou
 
 def test_openapi_describes_every_route(client: httpx.Client) -> None:
     paths = client.get("/openapi.json").json()["paths"]
-    for path in ["/v1/register", "/v1/user", "/v1/token", "/v1/token/validation", "/v1/upload",
-                 "/images/{filename}", "/v1/user/{filename}", "/v1/images",
-                 "/v1/images/{filename}", "/.well-known/jwks.json", "/status", "/healthz",
-                 "/metrics"]:
+    for path in [
+        "/v1/register",
+        "/v1/user",
+        "/v1/token",
+        "/v1/token/validation",
+        "/v1/upload",
+        "/images/{filename}",
+        "/v1/user/{filename}",
+        "/v1/images",
+        "/v1/images/{filename}",
+        "/.well-known/jwks.json",
+        "/status",
+        "/healthz",
+        "/metrics",
+    ]:
         assert path in paths, path
     assert client.get("/docs").status_code == 200
 
@@ -56,6 +67,11 @@ def test_json_bodies_are_size_limited(client: httpx.Client) -> None:
 
 
 def test_request_id_is_echoed_or_made(client: httpx.Client) -> None:
-    assert client.get("/status", headers={"X-Request-Id": "abc-123"}).headers["X-Request-Id"] == "abc-123"
-    made = client.get("/status", headers={"X-Request-Id": "bad id <script>"}).headers["X-Request-Id"]
+    assert (
+        client.get("/status", headers={"X-Request-Id": "abc-123"}).headers["X-Request-Id"]
+        == "abc-123"
+    )
+    made = client.get("/status", headers={"X-Request-Id": "bad id <script>"}).headers[
+        "X-Request-Id"
+    ]
     assert made != "bad id" and len(made) == 32

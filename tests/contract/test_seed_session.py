@@ -20,15 +20,27 @@ def test_seed_curl_session_runs_verbatim(target: Target, tmp_path: Path) -> None
 
     # 1. the token, printed bare
     token = curl(
-        "-X", "POST", "-H", "Content-Type: application/json",
-        "-d", '{"login":"bob", "password":"qwe123"}', f"{host}/v1/token",
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        '{"login":"bob", "password":"qwe123"}',
+        f"{host}/v1/token",
     ).stdout.decode()
     assert token.count(".") == 2 and " " not in token and "{" not in token
 
     # 2. the upload, with the seed's odd Content-Type
     out = curl(
-        "-X", "POST", "-H", f"Authorization: Bearer {token}", "-H", "Content-Type: octet/stream",
-        "--data-binary", f"@{tmp_path / 'optimize.jpg'}", f"{host}/v1/upload",
+        "-X",
+        "POST",
+        "-H",
+        f"Authorization: Bearer {token}",
+        "-H",
+        "Content-Type: octet/stream",
+        "--data-binary",
+        f"@{tmp_path / 'optimize.jpg'}",
+        f"{host}/v1/upload",
     ).stdout
     filename = json.loads(out)["filename"]
     assert filename.endswith(".jpg")
@@ -37,12 +49,24 @@ def test_seed_curl_session_runs_verbatim(target: Target, tmp_path: Path) -> None
     public = tmp_path / "public.jpg"
     curl("-sS", "-o", str(public), "-w", "%{http_code}", f"{host}/images/{filename}")
     assert public.read_bytes()[:3] == b"\xff\xd8\xff"
-    missing = curl("-sS", "-o", "/dev/null", "-w", "%{http_code}",
-                   f"{host}/images/a8fc5a9a5-3343-4e93-8d05-699946c8f715.jpg").stdout
+    missing = curl(
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        f"{host}/images/a8fc5a9a5-3343-4e93-8d05-699946c8f715.jpg",
+    ).stdout
     assert missing == b"404"
 
     # 4. the owner's route gives the same bytes
     owned = tmp_path / "owned.jpg"
-    curl("-sS", "-H", f"Authorization: Bearer {token}", "-o", str(owned),
-         f"{host}/v1/user/{filename}")
+    curl(
+        "-sS",
+        "-H",
+        f"Authorization: Bearer {token}",
+        "-o",
+        str(owned),
+        f"{host}/v1/user/{filename}",
+    )
     assert owned.read_bytes() == public.read_bytes()

@@ -31,7 +31,10 @@ def test_if_none_match_gives_304(
     client: httpx.Client, account: Account, stored: dict[str, str], route: str
 ) -> None:
     url = f"/images/{stored['filename']}" if route == "public" else f"/v1/user/{stored['filename']}"
-    headers = {"If-None-Match": f'"{stored["sha256"]}"', **(account.auth if route == "owner" else {})}
+    headers = {
+        "If-None-Match": f'"{stored["sha256"]}"',
+        **(account.auth if route == "owner" else {}),
+    }
     r = client.get(url, headers=headers)
     assert r.status_code == 304
     assert r.content == b""
@@ -50,7 +53,9 @@ def test_range_gives_206(client: httpx.Client, stored: dict[str, str]) -> None:
     assert bad.status_code == 416
 
 
-def test_head_has_headers_and_no_body(client: httpx.Client, account: Account, stored: dict[str, str]) -> None:
+def test_head_has_headers_and_no_body(
+    client: httpx.Client, account: Account, stored: dict[str, str]
+) -> None:
     for url, headers in ((stored["url"], {}), (f"/v1/user/{stored['filename']}", account.auth)):
         r = client.head(url, headers=headers)
         assert r.status_code == 200
@@ -58,7 +63,9 @@ def test_head_has_headers_and_no_body(client: httpx.Client, account: Account, st
         assert int(r.headers["Content-Length"]) == int(stored["bytes"])
 
 
-def test_owner_route_is_private_cache(client: httpx.Client, account: Account, stored: dict[str, str]) -> None:
+def test_owner_route_is_private_cache(
+    client: httpx.Client, account: Account, stored: dict[str, str]
+) -> None:
     r = client.get(f"/v1/user/{stored['filename']}", headers=account.auth)
     assert r.status_code == 200
     assert r.headers["Cache-Control"].startswith("private")

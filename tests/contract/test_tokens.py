@@ -46,7 +46,9 @@ def test_validation_accepts_a_valid_token_with_identity_headers(
         "Bearer " + "a" * 5000,
     ],
 )
-def test_validation_rejects_bad_tokens_with_401(client: httpx.Client, authorization: str | None) -> None:
+def test_validation_rejects_bad_tokens_with_401(
+    client: httpx.Client, authorization: str | None
+) -> None:
     headers = {} if authorization is None else {"Authorization": authorization}
     r = client.get("/v1/token/validation", headers=headers)
     assert r.status_code == 401
@@ -54,17 +56,26 @@ def test_validation_rejects_bad_tokens_with_401(client: httpx.Client, authorizat
     assert r.json()["error"]
 
 
-def test_validation_rejects_alg_none_and_tampered_tokens(client: httpx.Client, account: Account) -> None:
-    assert client.get(
-        "/v1/token/validation", headers={"Authorization": f"Bearer {_forged_none_token(account.id)}"}
-    ).status_code == 401
+def test_validation_rejects_alg_none_and_tampered_tokens(
+    client: httpx.Client, account: Account
+) -> None:
+    assert (
+        client.get(
+            "/v1/token/validation",
+            headers={"Authorization": f"Bearer {_forged_none_token(account.id)}"},
+        ).status_code
+        == 401
+    )
     header, payload, signature = account.token.split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     claims["sub"] = "someone-else"
     tampered = f"{header}.{_b64(claims)}.{signature}"
-    assert client.get(
-        "/v1/token/validation", headers={"Authorization": f"Bearer {tampered}"}
-    ).status_code == 401
+    assert (
+        client.get(
+            "/v1/token/validation", headers={"Authorization": f"Bearer {tampered}"}
+        ).status_code
+        == 401
+    )
 
 
 def test_seed_hs256_token_is_rejected_everywhere(client: httpx.Client) -> None:

@@ -18,7 +18,9 @@ MIB = 1024 * 1024
 
 def upload(client: httpx.Client, account: Account, data: bytes, **params: str) -> httpx.Response:
     return client.post(
-        "/v1/upload", content=data, params=params,
+        "/v1/upload",
+        content=data,
+        params=params,
         headers={**account.auth, "Content-Type": "application/octet-stream"},
     )
 
@@ -44,8 +46,10 @@ def test_upload_raw_body_returns_the_stored_image(client: httpx.Client, account:
 def test_upload_multipart_field_file(client: httpx.Client, account: Account) -> None:
     data = images.encode(images.photo(300, 200), "PNG")
     r = client.post(
-        "/v1/upload", headers=account.auth,
-        files={"file": ("picture.png", data, "image/png")}, data={"note": "ignored"},
+        "/v1/upload",
+        headers=account.auth,
+        files={"file": ("picture.png", data, "image/png")},
+        data={"note": "ignored"},
     )
     assert r.status_code == 201, r.text
     assert r.json()["content_type"] == "image/png"
@@ -60,15 +64,22 @@ def test_upload_multipart_without_file_field(client: httpx.Client, account: Acco
 
 @pytest.mark.parametrize(
     ("fmt", "ext", "ctype"),
-    [("JPEG", "jpg", "image/jpeg"), ("PNG", "png", "image/png"), ("GIF", "gif", "image/gif"),
-     ("WEBP", "webp", "image/webp"), ("AVIF", "avif", "image/avif")],
+    [
+        ("JPEG", "jpg", "image/jpeg"),
+        ("PNG", "png", "image/png"),
+        ("GIF", "gif", "image/gif"),
+        ("WEBP", "webp", "image/webp"),
+        ("AVIF", "avif", "image/avif"),
+    ],
 )
 def test_format_is_detected_from_the_bytes(
     client: httpx.Client, account: Account, fmt: str, ext: str, ctype: str
 ) -> None:
     data = images.encode(images.photo(200, 150), fmt)
     # The client's Content-Type lies; it is ignored.
-    r = client.post("/v1/upload", content=data, headers={**account.auth, "Content-Type": "text/html"})
+    r = client.post(
+        "/v1/upload", content=data, headers={**account.auth, "Content-Type": "text/html"}
+    )
     assert r.status_code == 201, r.text
     assert r.json()["filename"].endswith("." + ext)
     served = client.get(r.json()["url"])
@@ -76,7 +87,9 @@ def test_format_is_detected_from_the_bytes(
     assert Image.open(io.BytesIO(served.content)).format == fmt
 
 
-def test_metadata_is_stripped_and_orientation_applied(client: httpx.Client, account: Account) -> None:
+def test_metadata_is_stripped_and_orientation_applied(
+    client: httpx.Client, account: Account
+) -> None:
     data = images.jpeg(400, 200, orientation=6, gps=True, comment=b"secret comment")
     r = upload(client, account, data)
     assert r.status_code == 201
@@ -103,7 +116,9 @@ def test_metadata_is_stripped_without_reencoding_when_that_is_smaller(
 
 
 @pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"])
-def test_animations_keep_frames_and_timing(client: httpx.Client, account: Account, fmt: str) -> None:
+def test_animations_keep_frames_and_timing(
+    client: httpx.Client, account: Account, fmt: str
+) -> None:
     durations = [40, 80, 120, 160, 200]
     data = images.animated(fmt, frames=5, durations=durations)
     r = upload(client, account, data)
@@ -184,7 +199,9 @@ def test_body_over_the_cap_is_413_while_streaming(client: httpx.Client, account:
 
 
 @pytest.mark.usefixtures("nothing_stored")
-def test_declared_length_over_the_cap_is_413_at_once(client: httpx.Client, account: Account) -> None:
+def test_declared_length_over_the_cap_is_413_at_once(
+    client: httpx.Client, account: Account
+) -> None:
     r = upload(client, account, b"\xff\xd8\xff" + b"\0" * (40 * MIB + 1))
     assert_error(r, 413, "limit")
 
@@ -206,7 +223,9 @@ def test_non_images_are_415(client: httpx.Client, account: Account, kind: str) -
     ],
     ids=["too-wide", "too-tall", "too-many-pixels", "too-many-frames"],
 )
-def test_oversized_images_are_422(client: httpx.Client, account: Account, data: bytes, needle: str) -> None:
+def test_oversized_images_are_422(
+    client: httpx.Client, account: Account, data: bytes, needle: str
+) -> None:
     assert_error(upload(client, account, data), 422, needle)
 
 
@@ -221,10 +240,18 @@ def test_oversized_images_are_422(client: httpx.Client, account: Account, data: 
         b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF" + bytes(range(256)) * 8,
         b"\x89PNG\r\n\x1a\n" + b"garbage" * 50,
     ],
-    ids=["truncated-jpeg", "truncated-png", "truncated-webp", "truncated-gif", "corrupt-jpeg",
-         "corrupt-png"],
+    ids=[
+        "truncated-jpeg",
+        "truncated-png",
+        "truncated-webp",
+        "truncated-gif",
+        "corrupt-jpeg",
+        "corrupt-png",
+    ],
 )
-def test_truncated_or_corrupt_images_are_422(client: httpx.Client, account: Account, data: bytes) -> None:
+def test_truncated_or_corrupt_images_are_422(
+    client: httpx.Client, account: Account, data: bytes
+) -> None:
     assert_error(upload(client, account, data), 422, "corrupt")
 
 

@@ -22,7 +22,7 @@ def assert_consistent(data_dir: Path) -> int:
     with sqlite3.connect(data_dir / "imagegate.db") as db:
         records = dict(db.execute("SELECT name, sha256 FROM images").fetchall())
     files = {p.name: p for p in (data_dir / "images").iterdir() if not p.name.startswith(".")}
-    assert set(records) == set(files), (set(records) ^ set(files))
+    assert set(records) == set(files), set(records) ^ set(files)
     for name, sha in records.items():
         assert hashlib.sha256(files[name].read_bytes()).hexdigest() == sha
     assert list((data_dir / "tmp").iterdir()) == []
@@ -48,8 +48,10 @@ def test_kill_9_during_uploads_leaves_storage_and_records_in_agreement(tmp_path:
         token = register_and_login(c).token
     for round_ in range(3):
         stop, results = threading.Event(), []
-        threads = [threading.Thread(target=_hammer, args=(server.base_url, token, stop, results))
-                   for _ in range(6)]
+        threads = [
+            threading.Thread(target=_hammer, args=(server.base_url, token, stop, results))
+            for _ in range(6)
+        ]
         for t in threads:
             t.start()
         time.sleep(1.5 + round_ * 0.37)
@@ -59,7 +61,7 @@ def test_kill_9_during_uploads_leaves_storage_and_records_in_agreement(tmp_path:
             t.join(30)
         assert results.count(201) > 0
         server.start()  # same data dir: start-up cleans what the crash left
-        assert_consistent(server.data_dir) >= results.count(201)
+        assert assert_consistent(server.data_dir) >= results.count(201)
     server.stop()
 
 
@@ -73,8 +75,9 @@ def test_sigterm_finishes_in_flight_uploads(tmp_path: Path) -> None:
 
     def send() -> None:
         with httpx.Client(base_url=server.base_url, timeout=60) as c:
-            replies.append(c.post("/v1/upload", content=data,
-                                  headers={"Authorization": f"Bearer {token}"}))
+            replies.append(
+                c.post("/v1/upload", content=data, headers={"Authorization": f"Bearer {token}"})
+            )
 
     senders = [threading.Thread(target=send) for _ in range(2)]
     for t in senders:

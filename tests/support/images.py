@@ -18,7 +18,9 @@ def photo(width: int = 640, height: int = 480, seed: int = 0) -> Image.Image:
     draw = ImageDraw.Draw(img)
     for i in range(0, width, 23):
         draw.line((i, 0, width - i, height), fill=((i * 7 + seed * 31) % 256, 90, 170), width=3)
-    draw.ellipse((seed % 50, seed % 40, width // 2, height // 2), outline=(255, seed % 256, 0), width=5)
+    draw.ellipse(
+        (seed % 50, seed % 40, width // 2, height // 2), outline=(255, seed % 256, 0), width=5
+    )
     return img
 
 
@@ -28,8 +30,16 @@ def encode(img: Image.Image, fmt: str, **options: object) -> bytes:
     return out.getvalue()
 
 
-def jpeg(width: int = 640, height: int = 480, *, seed: int = 0, quality: int = 92,
-         orientation: int | None = None, gps: bool = False, comment: bytes | None = None) -> bytes:
+def jpeg(
+    width: int = 640,
+    height: int = 480,
+    *,
+    seed: int = 0,
+    quality: int = 92,
+    orientation: int | None = None,
+    gps: bool = False,
+    comment: bytes | None = None,
+) -> bytes:
     exif = Image.Exif()
     exif[0x010F] = "TestCam"
     if orientation is not None:
@@ -42,16 +52,30 @@ def jpeg(width: int = 640, height: int = 480, *, seed: int = 0, quality: int = 9
     return encode(photo(width, height, seed), "JPEG", **options)
 
 
-def animated(fmt: str = "GIF", frames: int = 4, size: int = 64,
-             durations: list[int] | None = None) -> bytes:
+def animated(
+    fmt: str = "GIF",
+    frames: int = 4,
+    size: int = 64,
+    durations: list[int] | None = None,
+    **options: object,
+) -> bytes:
     pictures = []
     for i in range(frames):
         im = Image.new("RGB", (size, size), (i * 40 % 256, 0, 0))
-        ImageDraw.Draw(im).rectangle((i % size, i % size, i % size + 8, i % size + 8), fill=(0, 255, 0))
+        ImageDraw.Draw(im).rectangle(
+            (i % size, i % size, i % size + 8, i % size + 8), fill=(0, 255, 0)
+        )
         pictures.append(im.convert("P") if fmt == "GIF" else im)
     durations = durations or [40 + 10 * (i % 5) for i in range(frames)]
-    return encode(pictures[0], fmt, save_all=True, append_images=pictures[1:],
-                  duration=durations, loop=0)
+    return encode(
+        pictures[0],
+        fmt,
+        save_all=True,
+        append_images=pictures[1:],
+        duration=durations,
+        loop=0,
+        **options,
+    )
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -78,6 +102,8 @@ NOT_IMAGES: dict[str, bytes] = {
     "html": b"<!DOCTYPE html><html><body><script>alert(1)</script></body></html>",
     "pdf": b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << >>\n%%EOF\n",
     "zip": b"PK\x03\x04\x14\x00\x00\x00\x00\x00" + b"\x00" * 40,
-    "svg": (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" '
-            b'height="10"><script>alert(1)</script><rect width="10" height="10"/></svg>'),
+    "svg": (
+        b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" '
+        b'height="10"><script>alert(1)</script><rect width="10" height="10"/></svg>'
+    ),
 }

@@ -37,8 +37,17 @@ class ServerProcess:
     def start(self, timeout: float = 60.0) -> ServerProcess:
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
         env = {**os.environ, "IMAGEGATE_LOG_LEVEL": "warning", **self.env}
-        cmd = [sys.executable, "-m", "imagegate", "serve", "--port", str(self.port),
-               "--data-dir", str(self.data_dir), *self.args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "imagegate",
+            "serve",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            *self.args,
+        ]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
@@ -46,7 +55,10 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
             try:
-                if httpx.get(self.base_url + "/healthz", verify=False, timeout=2).status_code == 200:
+                if (
+                    httpx.get(self.base_url + "/healthz", verify=False, timeout=2).status_code
+                    == 200
+                ):
                     return self
             except httpx.HTTPError:
                 pass

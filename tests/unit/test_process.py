@@ -1,0 +1,96 @@
+"""The codec pipeline on its own: identification, limits, normalization, size choice."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from imagegate.uploader.formats import AVIF, GIF, JPEG, PNG, WEBP, is_image_name, sniff
+from imagegate.uploader.process import ImageRejected, Limits, Processed, Quality, process_image
+from tests.support import images
+
+LIMITS = Limits(max_pixels=50_000_000, max_side=10_000, max_frames=900)
+QUALITY = Quality(jpeg=80, webp=79, avif=63)
+
+
+def run(tmp_path: Path, data: bytes, limits: Limits = LIMITS) -> tuple[Processed, bytes]:
+    src, dst = tmp_path / "in", tmp_path / "out"
+    src.write_bytes(data)
+    result = process_image(str(src), str(dst), limits, QUALITY)
+    return result, dst.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "expected"),
+    [("JPEG", JPEG), ("PNG", PNG), ("GIF", GIF), ("WEBP", WEBP), ("AVIF", AVIF)],
+)
+def test_sniff_knows_the_allowed_formats(fmt: str, expected: object) -> None:
+    assert sniff(images.encode(images.photo(16, 16), fmt)[:64]) is expected
+
+
+@pytest.mark.parametrize("kind", sorted(images.NOT_IMAGES))
+def test_sniff_rejects_everything_else(kind: str) -> None:
+    assert sniff(images.NOT_IMAGES[kind][:64]) is None
+
+
+def test_image_names_are_strict() -> None:
+    assert is_image_name("21f2e729-7af7-4607-b6ca-c313b27985ae.jpg")
+    assert not is_image_name("21f2e729-7af7-4607-b6ca-c313b27985ae.jpeg")
+    assert not is_image_name("../21f2e729-7af7-4607-b6ca-c313b27985ae.jpg")
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_orientation_is_applied(tmp_path: Path, orientation: int) -> None:
+    result, out = run(tmp_path, images.jpeg(300, 100, orientation=orientation))
+    rotated = orientation in (6, 8)
+    assert (result.width, result.height) == ((100, 300) if rotated else (300, 100))
+    assert result.reencoded
+    img = Image.open(io.BytesIO(out))
+    assert img.size == (result.width, result.height)
+    assert not img.getexif()
+
+
+def test_stored_image_is_never_larger_than_the_upload(tmp_path: Path) -> None:
+    for fmt in ("JPEG", "PNG", "WEBP", "GIF"):
+        data = images.encode(
+            images.photo(200, 150), fmt, **({"quality": 30} if fmt == "JPEG" else {})
+        )
+        result, out = run(tmp_path, data)
+        assert len(out) == result.bytes <= len(data), fmt
+
+
+def test_high_quality_jpeg_is_recompressed(tmp_path: Path) -> None:
+    data = images.jpeg(800, 600, quality=98)
+    result, out = run(tmp_path, data)
+    assert result.reencoded
+    assert len(out) < len(data) * 0.7
+
+
+def test_dimension_check_happens_before_decoding(tmp_path: Path) -> None:
+    # The header claims 9000x9000 but holds only a few bytes: a decode would fail differently.
+    with pytest.raises(ImageRejected) as info:
+        run(tmp_path, images.png_header_only(9000, 9000), Limits(50_000_000, 10_000, 900))
+    assert info.value.status == 422
+    assert "pixels in all" in info.value.message
+
+
+def test_frames_count_toward_the_pixel_budget(tmp_path: Path) -> None:
+    data = images.animated("GIF", frames=10, size=64)
+    with pytest.raises(ImageRejected, match="pixels in all"):
+        run(tmp_path, data, Limits(max_pixels=64 * 64 * 9, max_side=10_000, max_frames=900))
+
+
+def test_non_image_is_415(tmp_path: Path) -> None:
+    with pytest.raises(ImageRejected) as info:
+        run(tmp_path, images.NOT_IMAGES["svg"])
+    assert info.value.status == 415
+
+
+def test_rejection_survives_pickling() -> None:
+    import pickle
+
+    err = pickle.loads(pickle.dumps(ImageRejected(422, "bad")))
+    assert (err.status, err.message) == (422, "bad")
