@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Role = Literal["security", "uploader"]
 ALL_ROLES: tuple[Role, ...] = ("security", "uploader")
@@ -26,9 +26,9 @@ class Settings(BaseSettings):
     tls: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    trusted_proxies: list[str] = Field(
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Addresses whose X-Forwarded-For is believed; empty trusts nobody.",
+        description="Comma-separated proxy addresses whose X-Forwarded-For is believed.",
     )
     log_level: str = "info"
     shutdown_grace_seconds: float = Field(30.0, gt=0)
@@ -78,6 +78,13 @@ class Settings(BaseSettings):
 
     # Operator conveniences
     demo: bool = False
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @model_validator(mode="after")
     def _check_tls_pair(self) -> Settings:

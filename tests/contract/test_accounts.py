@@ -179,3 +179,20 @@ def test_user_info_ignores_identity_headers_from_the_client(
     assert r.json()["id"] == mallory.id
     anon = client.get("/v1/user", headers={"X-User-Id": alice.id})
     assert anon.status_code == 401
+
+
+def test_client_sent_forwarded_for_does_not_dodge_the_address_throttle(target: Target) -> None:
+    with client_from(target, "127.0.3.9") as c:
+        for i in range(5):
+            r = c.post(
+                "/v1/token",
+                json={"login": new_login(), "password": "bad password"},
+                headers={"X-Forwarded-For": f"198.51.100.{i}", "X-Real-IP": f"198.51.100.{i}"},
+            )
+            assert r.status_code == 401
+        r = c.post(
+            "/v1/token",
+            json={"login": new_login(), "password": "bad password"},
+            headers={"X-Forwarded-For": "198.51.100.77"},
+        )
+        assert r.status_code == 429
