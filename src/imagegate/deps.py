@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegate.errors import Unauthorized
@@ -29,15 +30,20 @@ async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
-def bearer_identity(request: Request, runtime: RuntimeDep) -> Identity:
+_bearer = HTTPBearer(auto_error=False, description="An access token from POST /v1/token")
+
+
+def bearer_identity(
+    runtime: RuntimeDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Identity:
     """The identity of a valid ``Authorization: Bearer`` token; 401 for anything else.
 
     Identity comes only from the signed token, never from headers such as X-User-Id."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    if credentials is None or not credentials.credentials.strip():
         raise Unauthorized("missing bearer token")
     try:
-        return runtime.verifier.verify(token.strip())
+        return runtime.verifier.verify(credentials.credentials.strip())
     except InvalidToken as exc:
         raise Unauthorized("invalid or expired token") from exc
 

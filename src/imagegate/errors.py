@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -75,6 +77,30 @@ class Unavailable(AppError):
 
     def __init__(self, message: str, retry_after: int = 5) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer."""
+
+    error: str
+
+
+_DESCRIPTIONS = {
+    400: "Malformed request",
+    401: "Missing, invalid or expired bearer token, or wrong credentials",
+    404: "No such resource (or not yours)",
+    409: "Conflict",
+    413: "Body over the size limit",
+    415: "Not an accepted image type",
+    422: "Invalid input",
+    429: "Too many failed logins; see Retry-After",
+    503: "Temporarily unavailable; see Retry-After",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for these error statuses."""
+    return {code: {"model": ErrorBody, "description": _DESCRIPTIONS[code]} for code in codes}
 
 
 def error_response(

@@ -56,6 +56,7 @@ def test_upload_multipart_field_file(client: httpx.Client, account: Account) -> 
     assert client.get(r.json()["url"]).content[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.usefixtures("nothing_stored")
 def test_upload_multipart_without_file_field(client: httpx.Client, account: Account) -> None:
     r = client.post("/v1/upload", headers=account.auth, files={"other": ("a.png", b"abc")})
     assert r.status_code == 400

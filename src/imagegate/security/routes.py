@@ -5,18 +5,24 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from imagegate.db import queries
 from imagegate.deps import CurrentIdentity, RuntimeDep, SessionDep, client_address
-from imagegate.errors import AppError, BadRequest, TooManyRequests, Unauthorized
+from imagegate.errors import (
+    AppError,
+    BadRequest,
+    TooManyRequests,
+    Unauthorized,
+    error_responses,
+)
 from imagegate.security import throttle
 from imagegate.security.accounts import create_account
-from imagegate.security.passwords import LOGIN_RE
+from imagegate.security.passwords import LOGIN_RE, MAX_PASSWORD_LENGTH
 from imagegate.security.tokens import Identity
 
 router = APIRouter(tags=["security"])
@@ -24,8 +30,10 @@ router = APIRouter(tags=["security"])
 
 class Credentials(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    login: StrictStr
-    password: StrictStr
+    login: Annotated[
+        StrictStr, Field(min_length=3, max_length=64, pattern=r"^\s*[A-Za-z0-9._-]+\s*$")
+    ]
+    password: Annotated[StrictStr, Field(min_length=1, max_length=MAX_PASSWORD_LENGTH)]
 
 
 class UserOut(BaseModel):
@@ -45,8 +53,23 @@ class TokenOut(BaseModel):
     expires_in: int
 
 
-@router.post("/v1/user", status_code=201, response_model=UserOut, summary="Register")
-@router.post("/v1/register", status_code=201, response_model=UserOut, summary="Register (alias)")
+_REGISTER_ERRORS = error_responses(409, 413, 422)
+
+
+@router.post(
+    "/v1/user",
+    status_code=201,
+    response_model=UserOut,
+    summary="Register",
+    responses=_REGISTER_ERRORS,
+)
+@router.post(
+    "/v1/register",
+    status_code=201,
+    response_model=UserOut,
+    summary="Register (alias)",
+    responses=_REGISTER_ERRORS,
+)
 async def register(body: Credentials, runtime: RuntimeDep, session: SessionDep) -> UserOut:
     user = await create_account(
         session,
@@ -76,7 +99,15 @@ async def _read_credentials(request: Request) -> tuple[str, str]:
     "/v1/token",
     summary="Log in",
     description="The bare JWT as text/plain; JSON when the client accepts application/json.",
-    responses={200: {"content": {"text/plain": {}, "application/json": {}}}},
+    responses={
+        200: {
+            "content": {
+                "text/plain": {"schema": {"type": "string"}},
+                "application/json": {"schema": TokenOut.model_json_schema()},
+            }
+        },
+        **error_responses(400, 401, 413, 429),
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -130,7 +161,12 @@ async def login(request: Request, runtime: RuntimeDep, session: SessionDep) -> R
     return PlainTextResponse(token, headers={"Cache-Control": "no-store"})
 
 
-@router.get("/v1/user", response_model=UserInfo, summary="The caller's account")
+@router.get(
+    "/v1/user",
+    response_model=UserInfo,
+    summary="The caller's account",
+    responses=error_responses(401),
+)
 async def me(identity: CurrentIdentity, session: SessionDep) -> UserInfo:
     user = await queries.user_by_id(session, identity.user_id)
     if user is None:
@@ -149,6 +185,7 @@ async def me(identity: CurrentIdentity, session: SessionDep) -> UserInfo:
     "/v1/token/validation",
     summary="Check a token (for a gateway's auth_request)",
     description="200 with X-User-Id and X-User-Login for a valid token; 401 for anything else.",
+    responses=error_responses(401),
 )
 async def validate(identity: CurrentIdentity, session: SessionDep) -> JSONResponse:
     if await queries.user_by_id(session, identity.user_id) is None:

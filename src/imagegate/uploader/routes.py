@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -12,13 +12,21 @@ from pydantic import BaseModel
 from imagegate.db import queries
 from imagegate.db.models import Image
 from imagegate.deps import CurrentIdentity, RuntimeDep, SessionDep
-from imagegate.errors import AppError, NotFound, Unprocessable
+from imagegate.errors import AppError, NotFound, Unprocessable, error_responses
 from imagegate.serving import image_response
-from imagegate.uploader.formats import is_image_name
+from imagegate.uploader.formats import ALLOWED, is_image_name
 from imagegate.uploader.pipeline import ingest
 
 router = APIRouter(tags=["images"])
 Visibility = Literal["public", "private"]
+IMAGE_CONTENT: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The image bytes (Range gives 206)",
+        "content": {f.content_type: {} for f in ALLOWED},
+    },
+    206: {"description": "Partial content (Range)"},
+    304: {"description": "Not modified (If-None-Match matched the ETag)"},
+}
 
 
 class ImageOut(BaseModel):
@@ -85,13 +93,7 @@ def image_out(image: Image) -> ImageOut:
             },
         }
     },
-    responses={
-        400: {"description": "Empty or malformed body"},
-        413: {"description": "Body over the size limit"},
-        415: {"description": "Not an accepted image type"},
-        422: {"description": "Too large in pixels or frames, corrupt or truncated"},
-        503: {"description": "At capacity or storage unavailable; see Retry-After"},
-    },
+    responses=error_responses(400, 401, 413, 415, 422, 503),
 )
 async def upload(
     request: Request,
@@ -111,7 +113,12 @@ async def upload(
     )
 
 
-@router.get("/v1/images", response_model=ImagePage, summary="The caller's images, newest first")
+@router.get(
+    "/v1/images",
+    response_model=ImagePage,
+    summary="The caller's images, newest first",
+    responses=error_responses(401, 422),
+)
 async def list_images(
     identity: CurrentIdentity,
     session: SessionDep,
@@ -127,7 +134,10 @@ async def list_images(
 
 
 @router.delete(
-    "/v1/images/{filename}", status_code=204, summary="Delete one of the caller's images"
+    "/v1/images/{filename}",
+    status_code=204,
+    summary="Delete one of the caller's images",
+    responses=error_responses(401, 404),
 )
 async def delete_image(
     filename: str, identity: CurrentIdentity, runtime: RuntimeDep, session: SessionDep
@@ -143,7 +153,11 @@ async def delete_image(
 
 
 @router.api_route(
-    "/images/{filename}", methods=["GET", "HEAD"], summary="A public image", response_class=Response
+    "/images/{filename}",
+    methods=["GET", "HEAD"],
+    summary="A public image",
+    response_class=Response,
+    responses={**IMAGE_CONTENT, **error_responses(404)},
 )
 async def public_image(
     filename: str, request: Request, runtime: RuntimeDep, session: SessionDep
@@ -161,6 +175,7 @@ async def public_image(
     methods=["GET", "HEAD"],
     summary="One of the caller's images, public or private",
     response_class=Response,
+    responses={**IMAGE_CONTENT, **error_responses(401, 404)},
 )
 async def own_image(
     filename: str,
