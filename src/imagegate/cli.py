@@ -6,12 +6,14 @@ import argparse
 import asyncio
 import getpass
 import logging
-import os
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import uvicorn
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegate.app import create_app
 from imagegate.db import queries
@@ -114,6 +116,17 @@ def _read_password() -> str:
     return sys.stdin.readline().rstrip("\r\n")
 
 
+@asynccontextmanager
+async def _session(settings: Settings) -> AsyncIterator[AsyncSession]:
+    """A session on the configured database, for one CLI command."""
+    engine = create_engine(settings.effective_database_url)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            yield session
+    finally:
+        await engine.dispose()
+
+
 def _passwords(settings: Settings) -> Passwords:
     return Passwords(
         settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism, 1
@@ -121,79 +134,56 @@ def _passwords(settings: Settings) -> Passwords:
 
 
 async def _add_user(settings: Settings, login: str, password: str, *, enforce: bool) -> None:
-    engine = create_engine(settings.effective_database_url)
-    try:
-        async with create_sessionmaker(engine)() as session:
-            user = await create_account(
-                session,
-                _passwords(settings),
-                login,
-                password,
-                min_length=settings.password_min_length,
-                enforce_policy=enforce,
-            )
-        print(f"created {user.login} ({user.id})")
-    finally:
-        await engine.dispose()
+    async with _session(settings) as session:
+        user = await create_account(
+            session,
+            _passwords(settings),
+            login,
+            password,
+            min_length=settings.password_min_length,
+            enforce_policy=enforce,
+        )
+    print(f"created {user.login} ({user.id})")
 
 
 async def _ensure_demo_user(settings: Settings) -> None:
-    engine = create_engine(settings.effective_database_url)
-    try:
-        async with create_sessionmaker(engine)() as session:
-            if await queries.user_by_login(session, DEMO_LOGIN) is not None:
-                return
-            await create_account(
-                session,
-                _passwords(settings),
-                DEMO_LOGIN,
-                DEMO_PASSWORD,
-                min_length=settings.password_min_length,
-                enforce_policy=False,
-            )
-        banner = "!" * 78
-        log.warning(
-            "\n%s\n  DEMO MODE: created user %r with the well-known password %r.\n"
-            "  It bypasses the password policy. Never use --demo on a reachable host.\n%s",
-            banner,
-            DEMO_LOGIN,
-            DEMO_PASSWORD,
-            banner,
-        )
-    finally:
-        await engine.dispose()
+    async with _session(settings) as session:
+        if await queries.user_by_login(session, DEMO_LOGIN) is not None:
+            return
+        await _add_user(settings, DEMO_LOGIN, DEMO_PASSWORD, enforce=False)
+    banner = "!" * 78
+    log.warning(
+        "\n%s\n  DEMO MODE: created user %r with the well-known password %r.\n"
+        "  It bypasses the password policy. Never use --demo on a reachable host.\n%s",
+        banner,
+        DEMO_LOGIN,
+        DEMO_PASSWORD,
+        banner,
+    )
 
 
 async def _list_users(settings: Settings) -> None:
-    engine = create_engine(settings.effective_database_url)
-    try:
-        async with create_sessionmaker(engine)() as session:
-            for user in await queries.list_users(session):
-                usage = await queries.user_usage(session, user.id)
-                print(
-                    f"{user.login}\t{user.id}\t{user.created_at.isoformat()}\t"
-                    f"{usage.images} images\t{usage.bytes} bytes"
-                )
-    finally:
-        await engine.dispose()
+    async with _session(settings) as session:
+        for user in await queries.list_users(session):
+            usage = await queries.user_usage(session, user.id)
+            print(
+                f"{user.login}\t{user.id}\t{user.created_at.isoformat()}\t"
+                f"{usage.images} images\t{usage.bytes} bytes"
+            )
 
 
 async def _delete_user(settings: Settings, login: str) -> None:
-    engine = create_engine(settings.effective_database_url)
+    async with _session(settings) as session:
+        user = await queries.user_by_login(session, normalize_login(login))
+        if user is None:
+            raise SystemExit(f"no such user: {login}")
+        names = list(await session.scalars(select(Image.name).where(Image.owner_id == user.id)))
+        await session.delete(user)  # images' rows go by ON DELETE CASCADE
+        await session.commit()
     storage = LocalStorage(settings.images_dir)
-    try:
-        async with create_sessionmaker(engine)() as session:
-            user = await queries.user_by_login(session, normalize_login(login))
-            if user is None:
-                raise SystemExit(f"no such user: {login}")
-            names = list(await session.scalars(select(Image.name).where(Image.owner_id == user.id)))
-            await session.delete(user)  # images' rows go by ON DELETE CASCADE
-            await session.commit()
-        for name in names:  # records first, then bytes: see storage/reconcile.py
-            await storage.delete(name)
-        print(f"deleted {login} and {len(names)} images")
-    finally:
-        await engine.dispose()
+    for name in names:  # records first, then bytes: see storage/reconcile.py
+        await storage.delete(name)
+    print(f"deleted {login} and {len(names)} images")
 
 
 def _serve(settings: Settings, role: Role | None) -> None:
@@ -250,4 +240,3 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {exc.message}") from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
-    _ = os.environ  # settings read the environment; nothing else does

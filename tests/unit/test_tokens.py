@@ -16,6 +16,20 @@ from imagegate.security.keys import load_or_create_signing_key, public_jwk
 from imagegate.security.tokens import Identity, InvalidToken, TokenIssuer, TokenVerifier
 
 
+def claims(**overrides: object) -> dict[str, object]:
+    now = int(time.time())
+    base: dict[str, object] = {
+        "iss": "imagegate",
+        "aud": "imagegate",
+        "sub": "u1",
+        "login": "a",
+        "jti": "j",
+        "iat": now,
+        "exp": now + 60,
+    }
+    return {**base, **overrides}
+
+
 @pytest.fixture
 def key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
@@ -36,20 +50,12 @@ def test_issued_token_verifies(key: ec.EllipticCurvePrivateKey) -> None:
 def test_expired_token_is_rejected_after_the_leeway(key: ec.EllipticCurvePrivateKey) -> None:
     kid = public_jwk(key.public_key())["kid"]
     now = int(time.time())
-    claims = {
-        "iss": "imagegate",
-        "aud": "imagegate",
-        "sub": "u1",
-        "login": "a",
-        "jti": "j",
-        "iat": now - 1000,
-        "exp": now - 61,
-    }
-    token = jwt.encode(claims, key, algorithm="ES256", headers={"kid": kid})
+    expired = claims(iat=now - 1000, exp=now - 61)
+    token = jwt.encode(expired, key, algorithm="ES256", headers={"kid": kid})
     with pytest.raises(InvalidToken, match="expired"):
         pair(key)[1].verify(token)
-    claims["exp"] = now - 30  # inside the 60 s leeway
-    pair(key)[1].verify(jwt.encode(claims, key, algorithm="ES256", headers={"kid": kid}))
+    within_leeway = claims(iat=now - 1000, exp=now - 30)
+    pair(key)[1].verify(jwt.encode(within_leeway, key, algorithm="ES256", headers={"kid": kid}))
 
 
 @pytest.mark.parametrize(("claim", "value"), [("iss", "evil"), ("aud", "other-service")])
@@ -57,19 +63,10 @@ def test_wrong_issuer_or_audience_is_rejected(
     key: ec.EllipticCurvePrivateKey, claim: str, value: str
 ) -> None:
     kid = public_jwk(key.public_key())["kid"]
-    now = int(time.time())
-    claims = {
-        "iss": "imagegate",
-        "aud": "imagegate",
-        "sub": "u1",
-        "login": "a",
-        "jti": "j",
-        "iat": now,
-        "exp": now + 60,
-        claim: value,
-    }
     with pytest.raises(InvalidToken):
-        pair(key)[1].verify(jwt.encode(claims, key, algorithm="ES256", headers={"kid": kid}))
+        pair(key)[1].verify(
+            jwt.encode(claims(**{claim: value}), key, algorithm="ES256", headers={"kid": kid})
+        )
 
 
 def test_missing_claims_are_rejected(key: ec.EllipticCurvePrivateKey) -> None:
@@ -85,22 +82,12 @@ def test_hmac_with_the_public_key_as_secret_is_rejected(key: ec.EllipticCurvePri
     pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    now = int(time.time())
-    claims = {
-        "iss": "imagegate",
-        "aud": "imagegate",
-        "sub": "u1",
-        "login": "a",
-        "jti": "j",
-        "iat": now,
-        "exp": now + 60,
-    }
 
     def b64(b: bytes) -> str:
         return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 
     head = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": kid}).encode())
-    body = b64(json.dumps(claims).encode())
+    body = b64(json.dumps(claims()).encode())
     sig = b64(hmac.new(pem, f"{head}.{body}".encode(), hashlib.sha256).digest())
     with pytest.raises(InvalidToken):
         pair(key)[1].verify(f"{head}.{body}.{sig}")

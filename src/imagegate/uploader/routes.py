@@ -7,10 +7,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from imagegate.db import queries
-from imagegate.db.models import Image
 from imagegate.deps import CurrentIdentity, RuntimeDep, SessionDep
 from imagegate.errors import AppError, NotFound, Unprocessable, error_responses
 from imagegate.serving import image_response
@@ -30,8 +29,11 @@ IMAGE_CONTENT: dict[int | str, dict[str, Any]] = {
 
 
 class ImageOut(BaseModel):
-    filename: str
-    url: str
+    """An image record as clients see it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    filename: str = Field(validation_alias="name")
     content_type: str
     width: int
     height: int
@@ -41,31 +43,17 @@ class ImageOut(BaseModel):
     visibility: Visibility
     created_at: datetime
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def url(self) -> str:
+        """Public images are anyone's at /images/; private ones only their owner's."""
+        prefix = "/images/" if self.visibility == "public" else "/v1/user/"
+        return prefix + self.filename
+
 
 class ImagePage(BaseModel):
     items: list[ImageOut]
     next_cursor: str | None
-
-
-def image_url(image: Image) -> str:
-    """Public images are anyone's at /images/; private ones only their owner's at /v1/user/."""
-    prefix = "/images/" if image.visibility == "public" else "/v1/user/"
-    return prefix + image.name
-
-
-def image_out(image: Image) -> ImageOut:
-    return ImageOut(
-        filename=image.name,
-        url=image_url(image),
-        content_type=image.content_type,
-        width=image.width,
-        height=image.height,
-        frames=image.frames,
-        bytes=image.bytes,
-        sha256=image.sha256,
-        visibility=image.visibility,
-        created_at=image.created_at,
-    )
 
 
 @router.post(
@@ -107,10 +95,8 @@ async def upload(
         runtime.metrics.uploads.labels(str(exc.status)).inc()
         raise
     runtime.metrics.uploads.labels("stored").inc()
-    url = image_url(image)
-    return JSONResponse(
-        image_out(image).model_dump(mode="json"), status_code=201, headers={"Location": url}
-    )
+    out = ImageOut.model_validate(image)
+    return JSONResponse(out.model_dump(mode="json"), status_code=201, headers={"Location": out.url})
 
 
 @router.get(
@@ -130,7 +116,7 @@ async def list_images(
     except ValueError as exc:
         raise Unprocessable("cursor: not a cursor from this listing") from exc
     images, next_cursor = await queries.images_page(session, identity.user_id, limit, after)
-    return ImagePage(items=[image_out(i) for i in images], next_cursor=next_cursor)
+    return ImagePage(items=[ImageOut.model_validate(i) for i in images], next_cursor=next_cursor)
 
 
 @router.delete(
