@@ -12,20 +12,19 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import uvicorn
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegate.app import create_app
 from imagegate.db import queries
 from imagegate.db.engine import create_engine, create_sessionmaker
 from imagegate.db.migrate import upgrade
-from imagegate.db.models import Image
 from imagegate.errors import AppError
-from imagegate.runtime import prepare_data_dir
+from imagegate.runtime import build_storage, prepare_data_dir, signing_key_path
 from imagegate.security.accounts import create_account
+from imagegate.security.keys import load_or_create_signing_key, public_pem
 from imagegate.security.passwords import Passwords, normalize_login
 from imagegate.settings import ALL_ROLES, Role, Settings, load_settings
-from imagegate.storage.local import LocalStorage
+from imagegate.storage.s3 import S3Storage
 from imagegate.tls import ensure_self_signed
 
 log = logging.getLogger("imagegate")
@@ -73,6 +72,20 @@ def _parser() -> argparse.ArgumentParser:
     delete = user_sub.add_parser("delete", help="delete an account and all its images")
     delete.add_argument("login")
     _common(delete)
+
+    storage = sub.add_parser("storage", help="image storage")
+    storage_sub = storage.add_subparsers(dest="storage_command", required=True)
+    init = storage_sub.add_parser(
+        "init", help="S3: create the bucket; anonymous reads of public images only"
+    )
+    _common(init)
+
+    keys = sub.add_parser("keys", help="token signing keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    pub = keys_sub.add_parser(
+        "public", help="print the public key (for services that only verify tokens)"
+    )
+    _common(pub)
 
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", required=True)
@@ -177,13 +190,13 @@ async def _delete_user(settings: Settings, login: str) -> None:
         user = await queries.user_by_login(session, normalize_login(login))
         if user is None:
             raise SystemExit(f"no such user: {login}")
-        names = list(await session.scalars(select(Image.name).where(Image.owner_id == user.id)))
+        images = [(i.name, i.public) for i in await queries.images_of(session, user.id)]
         await session.delete(user)  # images' rows go by ON DELETE CASCADE
         await session.commit()
-    storage = LocalStorage(settings.images_dir)
-    for name in names:  # records first, then bytes: see storage/reconcile.py
-        await storage.delete(name)
-    print(f"deleted {login} and {len(names)} images")
+    storage = build_storage(settings)
+    for name, public in images:  # records first, then bytes: see storage/reconcile.py
+        await storage.delete(name, public=public)
+    print(f"deleted {login} and {len(images)} images")
 
 
 def _serve(settings: Settings, role: Role | None) -> None:
@@ -227,6 +240,16 @@ def main(argv: list[str] | None = None) -> None:
             prepare_data_dir(settings.data_dir)
             upgrade(settings.effective_database_url)
             print("database is at the latest schema")
+        elif args.command == "storage":
+            store = build_storage(settings)
+            if not isinstance(store, S3Storage):
+                raise SystemExit("storage init is for S3 storage (IMAGEGATE_STORAGE=s3)")
+            store.init_bucket()
+            print(f"bucket {store.bucket} ready: anonymous reads of public/* only")
+        elif args.command == "keys":
+            prepare_data_dir(settings.data_dir)
+            key = load_or_create_signing_key(signing_key_path(settings))
+            sys.stdout.write(public_pem(key.public_key()).decode())
         elif args.command == "user":
             prepare_data_dir(settings.data_dir)
             upgrade(settings.effective_database_url)

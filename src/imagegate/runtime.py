@@ -11,17 +11,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from imagegate.db.engine import create_engine, create_sessionmaker
 from imagegate.metrics import Metrics
-from imagegate.security.keys import load_or_create_signing_key
+from imagegate.security.keys import load_or_create_signing_key, load_public_keys
 from imagegate.security.passwords import Passwords
 from imagegate.security.tokens import TokenIssuer, TokenVerifier
 from imagegate.settings import Role, Settings
 from imagegate.storage.base import Storage
 from imagegate.storage.local import LocalStorage
 from imagegate.storage.reconcile import remove_orphans
+from imagegate.storage.s3 import S3Storage
 from imagegate.uploader.pool import CodecPool
 from imagegate.uploader.process import Limits, Quality
 
@@ -41,10 +43,15 @@ class Runtime:
     storage: Storage
     metrics: Metrics
     verifier: TokenVerifier
-    issuer: TokenIssuer
+    issuer: TokenIssuer | None
     passwords: Passwords
     codec: CodecPool | None = None
     _lock: IO[bytes] | None = field(default=None, repr=False)
+
+    def token_issuer(self) -> TokenIssuer:
+        if self.issuer is None:
+            raise RuntimeError("this process has no signing key (not the security role)")
+        return self.issuer
 
     async def start(self) -> None:
         """Claim the data dir, clear leftovers of a crash, start the codec workers."""
@@ -54,8 +61,17 @@ class Runtime:
         tmp = self.settings.tmp_dir
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True, mode=0o700)
-        # Holding the lock, no other process writes here: every record-less file is an orphan.
-        await remove_orphans(self.storage, self.sessions, older_than=time.time())
+        if isinstance(self.storage, LocalStorage):
+            # Holding the lock, nobody else writes this folder: every record-less file is an
+            # orphan of a crash.
+            await remove_orphans(self.storage, self.sessions, older_than=time.time())
+        else:
+            # Other replicas share the bucket and may be between storing and recording.
+            grace = self.settings.orphan_grace_seconds
+            try:
+                await remove_orphans(self.storage, self.sessions, older_than=time.time() - grace)
+            except OSError as exc:
+                log.warning("storage unavailable at start; orphans not checked: %s", exc)
         s = self.settings
         self.codec = CodecPool(
             workers=s.codec_workers,
@@ -90,29 +106,57 @@ def prepare_data_dir(data_dir: Path) -> None:
     os.chmod(data_dir, 0o700)
 
 
+def build_storage(settings: Settings) -> Storage:
+    if settings.storage == "s3":
+        secret = settings.s3_secret_key
+        return S3Storage(
+            settings.s3_bucket,
+            endpoint=settings.s3_endpoint,
+            region=settings.s3_region,
+            access_key=settings.s3_access_key,
+            secret_key=secret.get_secret_value() if secret else None,
+        )
+    return LocalStorage(settings.images_dir)
+
+
+def signing_key_path(settings: Settings) -> Path:
+    return settings.jwt_private_key_file or settings.data_dir / "jwt-signing-key.pem"
+
+
+def _keys(
+    settings: Settings, roles: tuple[Role, ...]
+) -> tuple[ec.EllipticCurvePrivateKey | None, list[ec.EllipticCurvePublicKey]]:
+    """The signing key (security role only) and the keys that verify tokens."""
+    extra = load_public_keys(settings.jwt_public_key_file) if settings.jwt_public_key_file else []
+    if "security" not in roles and extra:
+        return None, extra  # least privilege: a verifier holds public keys only
+    key = load_or_create_signing_key(signing_key_path(settings))
+    return key, [key.public_key(), *extra]
+
+
 def build_runtime(settings: Settings, roles: tuple[Role, ...]) -> Runtime:
     """Wire the components for ``roles``; starts nothing (see :meth:`Runtime.start`)."""
     prepare_data_dir(settings.data_dir)
-    key = load_or_create_signing_key(
-        settings.jwt_private_key_file or settings.data_dir / "jwt-signing-key.pem"
-    )
+    private_key, public_keys = _keys(settings, roles)
     engine = create_engine(settings.effective_database_url)
     return Runtime(
         settings=settings,
         roles=roles,
         engine=engine,
         sessions=create_sessionmaker(engine),
-        storage=LocalStorage(settings.images_dir),
+        storage=build_storage(settings),
         metrics=Metrics(),
         verifier=TokenVerifier(
-            [key.public_key()],
+            public_keys,
             settings.jwt_issuer,
             settings.jwt_audience,
             settings.token_leeway_seconds,
         ),
         issuer=TokenIssuer(
-            key, settings.jwt_issuer, settings.jwt_audience, settings.token_ttl_seconds
-        ),
+            private_key, settings.jwt_issuer, settings.jwt_audience, settings.token_ttl_seconds
+        )
+        if private_key
+        else None,
         passwords=Passwords(
             settings.argon2_time_cost,
             settings.argon2_memory_kib,

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Role = Literal["security", "uploader"]
@@ -38,6 +38,20 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default: SQLite file in the data dir."
     )
+    storage: Literal["local", "s3"] = "local"
+    s3_endpoint: str | None = Field(None, description="e.g. http://127.0.0.1:9000; None: AWS")
+    s3_bucket: str = "data"
+    s3_region: str = "us-east-1"
+    s3_access_key: str | None = None
+    s3_secret_key: SecretStr | None = None
+    accel_redirect_prefix: str | None = Field(
+        None,
+        description="Behind NGINX: hand image bytes to this internal location "
+        "(X-Accel-Redirect) instead of streaming them through Python.",
+    )
+    orphan_grace_seconds: int = Field(
+        3600, ge=0, description="S3: objects without a record older than this are removed."
+    )
 
     migrate_on_start: bool = Field(
         True, description="Run migrations at start (safe with replicas: they take a lock)."
@@ -46,6 +60,11 @@ class Settings(BaseSettings):
     # Tokens
     jwt_private_key_file: Path | None = Field(
         None, description="PEM EC P-256 key; default: generated into the data dir."
+    )
+    jwt_public_key_file: Path | None = Field(
+        None,
+        description="PEM public key(s) to verify with; a service that only verifies tokens "
+        "needs no private key.",
     )
     jwt_issuer: str = "imagegate"
     jwt_audience: str = "imagegate"

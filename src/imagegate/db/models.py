@@ -47,6 +47,10 @@ class Image(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
+    @property
+    def public(self) -> bool:
+        return self.visibility == "public"
+
 
 class LoginThrottle(Base):
     """Failed-login counters per key (``login:<name>`` or ``addr:<ip>``), seen by all replicas."""

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegate.db.models import Image, User
@@ -93,11 +93,18 @@ async def images_page(
     return rows[:limit], next_cursor
 
 
-async def delete_image(session: AsyncSession, name: str, owner_id: str) -> bool:
-    result = await session.execute(
-        delete(Image).where(Image.name == name, Image.owner_id == owner_id)
+async def delete_image(session: AsyncSession, name: str, owner_id: str) -> Image | None:
+    """Delete the owner's image record; returns it, or None when there is no such image."""
+    image = await session.scalar(
+        select(Image).where(Image.name == name, Image.owner_id == owner_id).with_for_update()
     )
-    return bool(getattr(result, "rowcount", 0))
+    if image is not None:
+        await session.delete(image)
+    return image
+
+
+async def images_of(session: AsyncSession, owner_id: str) -> list[Image]:
+    return list(await session.scalars(select(Image).where(Image.owner_id == owner_id)))
 
 
 async def all_image_names(session: AsyncSession) -> set[str]:

@@ -36,6 +36,26 @@ def _create_private_file(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def load_public_keys(path: Path) -> list[ec.EllipticCurvePublicKey]:
+    """Every EC P-256 public key in a PEM file: the current one and retired, unexpired ones."""
+    marker = b"-----BEGIN PUBLIC KEY-----"
+    keys = []
+    for block in path.read_bytes().split(marker)[1:]:
+        key = serialization.load_pem_public_key(marker + block)
+        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+            raise ValueError(f"{path}: expected EC P-256 public keys for ES256")
+        keys.append(key)
+    if not keys:
+        raise ValueError(f"{path}: no public keys found")
+    return keys
+
+
+def public_pem(key: ec.EllipticCurvePublicKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
 def load_or_create_signing_key(path: Path) -> ec.EllipticCurvePrivateKey:
     """Read the EC P-256 private key at ``path``, creating it first if it does not exist."""
     if not path.exists():

@@ -150,12 +150,12 @@ async def login(request: Request, runtime: RuntimeDep, session: SessionDep) -> R
         await queries.set_password_hash(session, identity.user_id, new_hash)
     await session.commit()
     runtime.metrics.logins.labels("ok").inc()
-    token = runtime.issuer.issue(identity)
+    token = runtime.token_issuer().issue(identity)
     if "application/json" in request.headers.get("accept", ""):
         out = TokenOut(
             access_token=token,
             token_type="Bearer",  # noqa: S106 - a scheme name, not a secret
-            expires_in=runtime.issuer.ttl,
+            expires_in=runtime.token_issuer().ttl,
         )
         return JSONResponse(out.model_dump(), headers={"Cache-Control": "no-store"})
     return PlainTextResponse(token, headers={"Cache-Control": "no-store"})

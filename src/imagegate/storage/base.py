@@ -13,15 +13,17 @@ class StoredObject:
     name: str
     size: int
     modified: float  # epoch seconds
+    public: bool
 
 
 class Storage(Protocol):
-    """Durable, named image bytes. Names are already validated ``<uuid>.<ext>`` strings."""
+    """Durable, named image bytes. Names are already validated ``<uuid>.<ext>`` strings;
+    ``public`` says which side of the public/private divide an object lives on."""
 
-    async def put(self, name: str, source: Path, *, public: bool) -> None:
+    async def put(self, name: str, source: Path, *, public: bool, content_type: str) -> None:
         """Store the finished file at ``source`` under ``name``; durable when this returns."""
 
-    async def delete(self, name: str) -> None:
+    async def delete(self, name: str, *, public: bool) -> None:
         """Remove ``name``; removing a missing object is not an error."""
 
     async def health(self) -> None:
@@ -31,4 +33,11 @@ class Storage(Protocol):
         """Every stored object (for reconciling with the database)."""
 
     def local_path(self, name: str) -> Path | None:
-        """A file the process can stream directly, if the backend keeps one."""
+        """A file this process can send directly, if the backend keeps one."""
+
+    def signed_path(self, name: str, *, public: bool) -> str | None:
+        """A short-lived signed path and query that fetches the object from the backend's
+        endpoint (for a gateway's X-Accel-Redirect), if the backend has one."""
+
+    def stream(self, name: str, *, public: bool) -> AsyncIterator[bytes]:
+        """The object's bytes, in chunks."""

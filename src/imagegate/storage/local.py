@@ -19,6 +19,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+CHUNK = 256 * 1024
+
+
 class LocalStorage:
     """One flat folder; visibility lives in the database, so ``public`` is not needed here."""
 
@@ -33,14 +36,14 @@ class LocalStorage:
         os.replace(source, self.root / name)
         _fsync_dir(self.root)
 
-    async def put(self, name: str, source: Path, *, public: bool) -> None:
+    async def put(self, name: str, source: Path, *, public: bool, content_type: str) -> None:
         await anyio.to_thread.run_sync(self._put, name, source)
 
     def _delete(self, name: str) -> None:
         (self.root / name).unlink(missing_ok=True)
         _fsync_dir(self.root)
 
-    async def delete(self, name: str) -> None:
+    async def delete(self, name: str, *, public: bool) -> None:
         await anyio.to_thread.run_sync(self._delete, name)
 
     def _health(self) -> None:
@@ -58,7 +61,15 @@ class LocalStorage:
         for entry in entries:
             if entry.is_file() and not entry.name.startswith("."):
                 st = entry.stat()
-                yield StoredObject(entry.name, st.st_size, st.st_mtime)
+                yield StoredObject(entry.name, st.st_size, st.st_mtime, public=False)
 
     def local_path(self, name: str) -> Path | None:
         return self.root / name
+
+    def signed_path(self, name: str, *, public: bool) -> str | None:
+        return None
+
+    async def stream(self, name: str, *, public: bool) -> AsyncIterator[bytes]:
+        async with await anyio.open_file(self.root / name, "rb") as f:
+            while chunk := await f.read(CHUNK):
+                yield chunk

@@ -27,7 +27,7 @@ async def remove_orphans(
     async for obj in storage.list():
         seen.add(obj.name)
         if obj.name not in known and obj.modified < older_than:
-            await storage.delete(obj.name)
+            await storage.delete(obj.name, public=obj.public)
             removed += 1
     missing = known - seen
     if removed:

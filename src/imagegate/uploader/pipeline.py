@@ -51,7 +51,9 @@ async def ingest(runtime: Runtime, request: Request, owner: Identity, visibility
 
 async def _store(runtime: Runtime, image: Image, path: Path) -> None:
     try:
-        await runtime.storage.put(image.name, path, public=image.visibility == "public")
+        await runtime.storage.put(
+            image.name, path, public=image.public, content_type=image.content_type
+        )
     except OSError as exc:
         raise Unavailable("image storage is unavailable; try again later") from exc
     try:
@@ -61,7 +63,7 @@ async def _store(runtime: Runtime, image: Image, path: Path) -> None:
     except BaseException as exc:
         # Bytes first, record second: on any failure (even cancellation) the bytes go too.
         with anyio.CancelScope(shield=True):
-            await runtime.storage.delete(image.name)
+            await runtime.storage.delete(image.name, public=image.public)
         if isinstance(exc, IntegrityError):
             raise Unauthorized("account no longer exists") from exc
         raise

@@ -20,6 +20,7 @@ from imagegate.uploader.process import (
     Limits,
     Processed,
     Quality,
+    init_worker,
     process_image,
     warm_up,
 )
@@ -38,7 +39,8 @@ class CodecPool:
         # forkserver: workers start from a clean process, not a fork of a running event loop.
         self._pool: Any = ProcessPool(  # pebble ships no type hints
             max_workers=workers,
-            initializer=warm_up,
+            initializer=init_worker,
+            initargs=(limits,),
             context=multiprocessing.get_context("forkserver"),
         )
 

@@ -20,7 +20,6 @@ from PIL import GifImagePlugin, Image, ImageOps, ImageSequence, UnidentifiedImag
 from imagegate.uploader.formats import (
     ALLOWED_NAMES,
     AVIF,
-    BY_EXT,
     GIF,
     JPEG,
     PNG,
@@ -76,7 +75,6 @@ class ImageRejected(Exception):
 
 
 def _open(data: bytes, fmt: Format, limits: Limits) -> Image.Image:
-    Image.MAX_IMAGE_PIXELS = limits.max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -201,7 +199,13 @@ def process_image(src: str, dst: str, limits: Limits, quality: Quality) -> Proce
     )
 
 
-def warm_up() -> None:
-    """Imports and plugin registration done once per worker, not on the first upload."""
+def init_worker(limits: Limits) -> None:
+    """Once per worker process: plugins registered, and Pillow's own decompression-bomb guard
+    set to our limit (a second line of defence behind the header check)."""
     Image.init()
-    _ = BY_EXT, os.getpid()
+    Image.MAX_IMAGE_PIXELS = limits.max_pixels
+
+
+def warm_up() -> int:
+    """A no-op task that makes the pool start a worker."""
+    return os.getpid()

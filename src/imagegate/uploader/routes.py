@@ -131,10 +131,11 @@ async def delete_image(
     if not is_image_name(filename):
         raise NotFound("no such image")
     # Record first, bytes second: a crash in between leaves an orphan file that start-up removes.
-    if not await queries.delete_image(session, filename, identity.user_id):
+    image = await queries.delete_image(session, filename, identity.user_id)
+    if image is None:
         raise NotFound("no such image")
     await session.commit()
-    await runtime.storage.delete(filename)
+    await runtime.storage.delete(filename, public=image.public)
     return Response(status_code=204)
 
 

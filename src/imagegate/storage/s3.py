@@ -1,0 +1,151 @@
+"""Images in an S3 bucket (MinIO, AWS S3, any S3-compatible service).
+
+Public images live under ``public/`` — the only prefix the bucket policy lets anonymous
+clients read — and private ones under ``private/``. boto3 is synchronous, so every call runs
+in a worker thread; timeouts are short so that a storage outage becomes a quick 503.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import anyio.to_thread
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from imagegate.storage.base import StoredObject
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+PUBLIC_PREFIX, PRIVATE_PREFIX = "public/", "private/"
+PUBLIC_CACHE_CONTROL = "public, max-age=31536000, immutable"
+SIGNED_URL_SECONDS = 60
+CHUNK = 256 * 1024
+
+
+class StorageUnavailable(OSError):
+    """The S3 service could not be reached or refused the request."""
+
+
+def key_of(name: str, public: bool) -> str:
+    return (PUBLIC_PREFIX if public else PRIVATE_PREFIX) + name
+
+
+def public_read_policy(bucket: str) -> dict[str, Any]:
+    """Anonymous GetObject on ``public/*`` only: no listing, nothing else readable."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": ["*"]},
+                "Action": ["s3:GetObject"],
+                "Resource": [f"arn:aws:s3:::{bucket}/{PUBLIC_PREFIX}*"],
+            }
+        ],
+    }
+
+
+class S3Storage:
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        endpoint: str | None,
+        region: str,
+        access_key: str | None,
+        secret_key: str | None,
+    ) -> None:
+        self.bucket = bucket
+        self.client: S3Client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=region,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            config=Config(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+                connect_timeout=2,
+                read_timeout=20,
+                retries={"max_attempts": 2, "mode": "standard"},
+                max_pool_connections=32,
+            ),
+        )
+
+    async def _call(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        def run() -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except (BotoCoreError, ClientError) as exc:
+                raise StorageUnavailable(str(exc)) from exc
+
+        return await anyio.to_thread.run_sync(run)
+
+    async def put(self, name: str, source: Path, *, public: bool, content_type: str) -> None:
+        extra = {"ContentType": content_type}
+        if public:
+            extra["CacheControl"] = PUBLIC_CACHE_CONTROL
+        await self._call(
+            self.client.upload_file, str(source), self.bucket, key_of(name, public), ExtraArgs=extra
+        )
+
+    async def delete(self, name: str, *, public: bool) -> None:
+        await self._call(self.client.delete_object, Bucket=self.bucket, Key=key_of(name, public))
+
+    async def health(self) -> None:
+        await self._call(self.client.head_bucket, Bucket=self.bucket)
+
+    async def list(self) -> AsyncIterator[StoredObject]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for prefix in (PUBLIC_PREFIX, PRIVATE_PREFIX):
+            pages = await self._call(
+                lambda p: list(paginator.paginate(Bucket=self.bucket, Prefix=p)), prefix
+            )
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    yield StoredObject(
+                        obj["Key"].removeprefix(prefix),
+                        int(obj["Size"]),
+                        obj["LastModified"].timestamp(),
+                        public=prefix == PUBLIC_PREFIX,
+                    )
+
+    def local_path(self, name: str) -> Path | None:
+        return None
+
+    def signed_path(self, name: str, *, public: bool) -> str | None:
+        url = self.client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": key_of(name, public)},
+            ExpiresIn=SIGNED_URL_SECONDS,
+        )
+        parts = urlsplit(url)
+        return f"{parts.path}?{parts.query}"
+
+    async def stream(self, name: str, *, public: bool) -> AsyncIterator[bytes]:
+        response = await self._call(
+            self.client.get_object, Bucket=self.bucket, Key=key_of(name, public)
+        )
+        body = response["Body"]
+        try:
+            while chunk := await anyio.to_thread.run_sync(body.read, CHUNK):
+                yield chunk
+        finally:
+            body.close()
+
+    def init_bucket(self) -> None:
+        """The seed's ``createbuckets``: the bucket, and anonymous reads of ``public/`` only."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self.client.create_bucket(Bucket=self.bucket)
+        self.client.put_bucket_policy(
+            Bucket=self.bucket, Policy=json.dumps(public_read_policy(self.bucket))
+        )
