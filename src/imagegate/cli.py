@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import json
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ from imagegate.app import create_app
 from imagegate.db import queries
 from imagegate.db.engine import create_engine, create_sessionmaker
 from imagegate.db.migrate import upgrade
-from imagegate.errors import AppError
+from imagegate.errors import AppError, Conflict
 from imagegate.runtime import build_storage, prepare_data_dir, signing_key_path
 from imagegate.security.accounts import create_account
 from imagegate.security.keys import load_or_create_signing_key, public_pem
@@ -86,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
         "public", help="print the public key (for services that only verify tokens)"
     )
     _common(pub)
+
+    spec = sub.add_parser("openapi", help="print the OpenAPI description of every route")
+    _common(spec)
 
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", required=True)
@@ -163,7 +167,10 @@ async def _ensure_demo_user(settings: Settings) -> None:
     async with _session(settings) as session:
         if await queries.user_by_login(session, DEMO_LOGIN) is not None:
             return
-        await _add_user(settings, DEMO_LOGIN, DEMO_PASSWORD, enforce=False)
+        try:
+            await _add_user(settings, DEMO_LOGIN, DEMO_PASSWORD, enforce=False)
+        except Conflict:
+            return  # another replica created it a moment ago
     banner = "!" * 78
     log.warning(
         "\n%s\n  DEMO MODE: created user %r with the well-known password %r.\n"
@@ -240,6 +247,8 @@ def main(argv: list[str] | None = None) -> None:
             prepare_data_dir(settings.data_dir)
             upgrade(settings.effective_database_url)
             print("database is at the latest schema")
+        elif args.command == "openapi":
+            sys.stdout.write(json.dumps(create_app(settings).openapi(), indent=1) + "\n")
         elif args.command == "storage":
             store = build_storage(settings)
             if not isinstance(store, S3Storage):

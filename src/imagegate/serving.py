@@ -1,12 +1,16 @@
-"""Sending stored images: ETag (the sha256), 304, Range, HEAD, cache and safety headers."""
+"""Sending stored images: ETag (the sha256), 304, Range, HEAD, cache and safety headers.
+
+Bytes leave by the cheapest path the deployment has: a local file (sendfile-like streaming
+with Range support), an X-Accel-Redirect that lets NGINX fetch the object from S3 itself, or,
+with S3 and no gateway, a stream through this process.
+"""
 
 from __future__ import annotations
 
 from fastapi import Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 
 from imagegate.db.models import Image
-from imagegate.errors import NotFound
 from imagegate.storage.base import Storage
 
 PUBLIC_CACHE = "public, max-age=31536000, immutable"
@@ -20,19 +24,42 @@ def _etag_matches(if_none_match: str, etag: str) -> bool:
     return etag in tags
 
 
-def image_response(request: Request, storage: Storage, image: Image, *, public: bool) -> Response:
+def image_response(
+    request: Request,
+    storage: Storage,
+    image: Image,
+    *,
+    public_route: bool,
+    accel_prefix: str | None,
+) -> Response:
     """The image's bytes with the headers every image answer carries."""
     etag = f'"{image.sha256}"'
     headers = {
         "ETag": etag,
-        "Cache-Control": PUBLIC_CACHE if public else PRIVATE_CACHE,
+        "Cache-Control": PUBLIC_CACHE if public_route else PRIVATE_CACHE,
         "X-Content-Type-Options": "nosniff",
         "Content-Security-Policy": "default-src 'none'; sandbox",
     }
     if _etag_matches(request.headers.get("if-none-match", ""), etag):
         return Response(status_code=304, headers=headers)
     path = storage.local_path(image.name)
-    if path is None:
-        raise NotFound("image bytes are not available from this service")
-    # FileResponse streams in chunks and answers Range (206/416) and HEAD itself.
-    return FileResponse(path, media_type=image.content_type, headers=headers)
+    if path is not None:
+        # FileResponse streams in chunks and answers Range (206/416) and HEAD itself.
+        return FileResponse(path, media_type=image.content_type, headers=headers)
+    head = request.method == "HEAD"
+    signed = storage.signed_path(image.name, public=image.public, head=head)
+    if accel_prefix and signed:
+        # NGINX fetches the object (Range and all) from storage; the sha256 rides in the path
+        # so the gateway can send it as the ETag.
+        accel = f"{accel_prefix.rstrip('/')}/{image.sha256}{signed}"
+        return Response(
+            media_type=image.content_type, headers={**headers, "X-Accel-Redirect": accel}
+        )
+    headers["Content-Length"] = str(image.bytes)
+    if head:
+        return Response(media_type=image.content_type, headers=headers)
+    return StreamingResponse(
+        storage.stream(image.name, public=image.public),
+        media_type=image.content_type,
+        headers=headers,
+    )

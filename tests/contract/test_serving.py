@@ -20,7 +20,9 @@ def stored(client: httpx.Client, account: Account) -> dict[str, str]:
 def test_public_image_headers(client: httpx.Client, stored: dict[str, str]) -> None:
     r = client.get(stored["url"])
     assert r.status_code == 200
-    assert r.headers["ETag"] == f'"{stored["sha256"]}"'
+    # A strong validator: the sha256 when imagegate sends the bytes; through a gateway that
+    # streams public images straight from S3 it is the object store's (docs/decisions.md).
+    assert r.headers["ETag"].startswith('"')
     assert r.headers["Cache-Control"] == "public, max-age=31536000, immutable"
     assert r.headers["X-Content-Type-Options"] == "nosniff"
     assert r.headers["Content-Type"] == "image/jpeg"
@@ -31,15 +33,15 @@ def test_if_none_match_gives_304(
     client: httpx.Client, account: Account, stored: dict[str, str], route: str
 ) -> None:
     url = f"/images/{stored['filename']}" if route == "public" else f"/v1/user/{stored['filename']}"
-    headers = {
-        "If-None-Match": f'"{stored["sha256"]}"',
-        **(account.auth if route == "owner" else {}),
-    }
-    r = client.get(url, headers=headers)
+    auth = account.auth if route == "owner" else {}
+    etag = client.get(url, headers=auth).headers["ETag"]
+    if route == "owner":
+        assert etag == f'"{stored["sha256"]}"'
+    r = client.get(url, headers={**auth, "If-None-Match": etag})
     assert r.status_code == 304
     assert r.content == b""
-    assert r.headers["ETag"] == f'"{stored["sha256"]}"'
-    other = client.get(url, headers={**headers, "If-None-Match": '"something-else"'})
+    assert r.headers["ETag"] == etag
+    other = client.get(url, headers={**auth, "If-None-Match": '"something-else"'})
     assert other.status_code == 200
 
 
@@ -88,9 +90,11 @@ def test_owner_route_is_private_cache(
     ],
 )
 def test_bad_names_are_404(client: httpx.Client, account: Account, name: str) -> None:
+    # A gateway may refuse a path that climbs above the root, or a NUL, as a bad request.
+    allowed = {404, 400} if ("%2F" in name or "%00" in name) else {404}
     for url, headers in ((f"/images/{name}", {}), (f"/v1/user/{name}", account.auth)):
         r = client.get(url, headers=headers)
-        assert r.status_code == 404
+        assert r.status_code in allowed
         assert r.json()["error"]
 
 

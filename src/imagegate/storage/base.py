@@ -35,7 +35,7 @@ class Storage(Protocol):
     def local_path(self, name: str) -> Path | None:
         """A file this process can send directly, if the backend keeps one."""
 
-    def signed_path(self, name: str, *, public: bool) -> str | None:
+    def signed_path(self, name: str, *, public: bool, head: bool = False) -> str | None:
         """A short-lived signed path and query that fetches the object from the backend's
         endpoint (for a gateway's X-Accel-Redirect), if the backend has one."""
 

@@ -66,7 +66,7 @@ class LocalStorage:
     def local_path(self, name: str) -> Path | None:
         return self.root / name
 
-    def signed_path(self, name: str, *, public: bool) -> str | None:
+    def signed_path(self, name: str, *, public: bool, head: bool = False) -> str | None:
         return None
 
     async def stream(self, name: str, *, public: bool) -> AsyncIterator[bytes]:

@@ -120,9 +120,10 @@ class S3Storage:
     def local_path(self, name: str) -> Path | None:
         return None
 
-    def signed_path(self, name: str, *, public: bool) -> str | None:
+    def signed_path(self, name: str, *, public: bool, head: bool = False) -> str | None:
+        # The signature covers the method, so a HEAD gets a URL signed for HEAD.
         url = self.client.generate_presigned_url(
-            "get_object",
+            "head_object" if head else "get_object",
             Params={"Bucket": self.bucket, "Key": key_of(name, public)},
             ExpiresIn=SIGNED_URL_SECONDS,
         )

@@ -154,7 +154,13 @@ async def public_image(
     image = await queries.image_for_viewer(session, filename, owner_id=None)
     if image is None:
         raise NotFound("no such image")
-    return image_response(request, runtime.storage, image, public=True)
+    return image_response(
+        request,
+        runtime.storage,
+        image,
+        public_route=True,
+        accel_prefix=runtime.settings.accel_redirect_prefix,
+    )
 
 
 @router.api_route(
@@ -176,4 +182,10 @@ async def own_image(
     image = await queries.image_for_viewer(session, filename, owner_id=identity.user_id)
     if image is None:
         raise NotFound("no such image")
-    return image_response(request, runtime.storage, image, public=False)
+    return image_response(
+        request,
+        runtime.storage,
+        image,
+        public_route=False,
+        accel_prefix=runtime.settings.accel_redirect_prefix,
+    )
