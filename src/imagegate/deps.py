@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from imagegate.db import queries
 from imagegate.errors import Unauthorized
 from imagegate.runtime import Runtime
 from imagegate.security.tokens import Identity, InvalidToken
@@ -33,19 +34,23 @@ SessionDep = Annotated[AsyncSession, Depends(get_session)]
 _bearer = HTTPBearer(auto_error=False, description="An access token from POST /v1/token")
 
 
-def bearer_identity(
+async def bearer_identity(
     runtime: RuntimeDep,
+    session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Identity:
-    """The identity of a valid ``Authorization: Bearer`` token; 401 for anything else.
-
-    Identity comes only from the signed token, never from headers such as X-User-Id."""
+    """The identity of a valid ``Authorization: Bearer`` token of an existing account; 401 for
+    anything else. Identity comes only from the signed token, never from headers such as
+    X-User-Id; the account lookup makes a deleted account's tokens stop at once."""
     if credentials is None or not credentials.credentials.strip():
         raise Unauthorized("missing bearer token")
     try:
-        return runtime.verifier.verify(credentials.credentials.strip())
+        identity = runtime.verifier.verify(credentials.credentials.strip())
     except InvalidToken as exc:
         raise Unauthorized("invalid or expired token") from exc
+    if await queries.user_by_id(session, identity.user_id) is None:
+        raise Unauthorized("account no longer exists")
+    return identity
 
 
 CurrentIdentity = Annotated[Identity, Depends(bearer_identity)]

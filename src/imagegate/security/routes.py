@@ -168,7 +168,7 @@ async def login(request: Request, runtime: RuntimeDep, session: SessionDep) -> R
     responses=error_responses(401),
 )
 async def me(identity: CurrentIdentity, session: SessionDep) -> UserInfo:
-    user = await queries.user_by_id(session, identity.user_id)
+    user = await queries.user_by_id(session, identity.user_id)  # loaded by CurrentIdentity
     if user is None:
         raise Unauthorized("account no longer exists")
     usage = await queries.user_usage(session, user.id)
@@ -187,9 +187,7 @@ async def me(identity: CurrentIdentity, session: SessionDep) -> UserInfo:
     description="200 with X-User-Id and X-User-Login for a valid token; 401 for anything else.",
     responses=error_responses(401),
 )
-async def validate(identity: CurrentIdentity, session: SessionDep) -> JSONResponse:
-    if await queries.user_by_id(session, identity.user_id) is None:
-        raise Unauthorized("account no longer exists")
+async def validate(identity: CurrentIdentity) -> JSONResponse:
     return JSONResponse(
         {"id": identity.user_id, "login": identity.login},
         headers={"X-User-Id": identity.user_id, "X-User-Login": identity.login},
