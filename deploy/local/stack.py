@@ -2,7 +2,7 @@
 
     deploy/local/stack up [--demo] | down | status | start NAME | stop NAME | kill NAME
 
-NGINX (gateway) → security ×2, uploader ×2 → PostgreSQL and MinIO, each with its own data dir
+NGINX (gateway) → security x2, uploader x2 → PostgreSQL and MinIO, each with its own data dir
 and port under the state dir (IMAGEGATE_STACK_DIR, default .stack/). Missing programs are
 installed: NGINX and PostgreSQL from Debian's packages, MinIO built from its Go module (pinned,
 cached in ~/.cache/imagegate/bin). Secrets are generated once into the state dir (mode 0600).
@@ -179,7 +179,7 @@ class Component:
         if self.health is None:
             return self.pid() is not None
         try:
-            return httpx.get(self.health, timeout=2, verify=False).status_code == 200
+            return httpx.get(self.health, timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -191,8 +191,13 @@ class Component:
         env = {**os.environ, **self.env()}
         with open(self.log_path, "ab") as out:
             proc = subprocess.Popen(
-                self.command(), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=STATE,
-                start_new_session=True, user=self.user,
+                self.command(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=STATE,
+                start_new_session=True,
+                user=self.user,
             )
         if self.pidfile is None:
             self.pid_path.write_text(f"{proc.pid}\n")
@@ -207,17 +212,27 @@ class Component:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> None:
         if self.stop_command is not None and sig == signal.SIGTERM and self.pid() is not None:
-            subprocess.run(self.stop_command(), check=False, user=self.user,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                self.stop_command(),
+                check=False,
+                user=self.user,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         pid = self.pid()
         if pid is None:
             return
-        os.kill(pid, sig)
+        # Each component leads its own process group: workers (codec pools, PostgreSQL
+        # backends) go with it, as they would if its machine died.
+        try:
+            os.killpg(pid, sig)
+        except (PermissionError, ProcessLookupError):
+            os.kill(pid, sig)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.pid() is not None:
             time.sleep(0.1)
         if self.pid() is not None:
-            os.kill(pid, signal.SIGKILL)
+            os.killpg(pid, signal.SIGKILL)
         if self.pidfile is None:
             self.pid_path.unlink(missing_ok=True)
 
@@ -234,15 +249,28 @@ def pg_user() -> str | None:
 
 
 def pg_command() -> list[str]:
-    return [pg_bin("postgres"), "-D", str(STATE / "pg"), "-p", str(PG_PORT),
-            "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
-            "-c", "max_connections=200"]
+    return [
+        pg_bin("postgres"),
+        "-D",
+        str(STATE / "pg"),
+        "-p",
+        str(PG_PORT),
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        "unix_socket_directories=",
+        "-c",
+        "max_connections=200",
+    ]
 
 
 def minio_env() -> dict[str, str]:
     s = secrets_env()
-    return {"MINIO_ROOT_USER": s["MINIO_ROOT_USER"], "MINIO_ROOT_PASSWORD": s["MINIO_ROOT_PASSWORD"],
-            "MINIO_BROWSER": "off"}
+    return {
+        "MINIO_ROOT_USER": s["MINIO_ROOT_USER"],
+        "MINIO_ROOT_PASSWORD": s["MINIO_ROOT_PASSWORD"],
+        "MINIO_BROWSER": "off",
+    }
 
 
 def nginx_paths() -> tuple[Path, Path]:
@@ -253,8 +281,18 @@ def service(role: str, index: int, port_: int) -> Component:
     data = STATE / f"{role}-{index}"
     return Component(
         name=f"{role}-{index}",
-        command=lambda: [*IMAGEGATE, "serve", role, "--host", "127.0.0.1", "--port", str(port_),
-                         "--data-dir", str(data), *(["--demo"] if DEMO else [])],
+        command=lambda: [
+            *IMAGEGATE,
+            "serve",
+            role,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port_),
+            "--data-dir",
+            str(data),
+            *(["--demo"] if DEMO else []),
+        ],
         health=f"http://127.0.0.1:{port_}/healthz",
         env=lambda: service_env(role),
     )
@@ -263,14 +301,21 @@ def service(role: str, index: int, port_: int) -> Component:
 DEMO = False
 COMPONENTS: dict[str, Component] = {
     "postgres": Component(
-        "postgres", pg_command,
+        "postgres",
+        pg_command,
         stop_command=lambda: [pg_bin("pg_ctl"), "stop", "-D", str(STATE / "pg"), "-m", "fast"],
         pidfile=STATE / "pg" / "postmaster.pid",
     ),
     "minio": Component(
         "minio",
-        lambda: [str(MINIO_BIN), "server", "--quiet", "--address", f"127.0.0.1:{MINIO_PORT}",
-                 str(STATE / "minio")],
+        lambda: [
+            str(MINIO_BIN),
+            "server",
+            "--quiet",
+            "--address",
+            f"127.0.0.1:{MINIO_PORT}",
+            str(STATE / "minio"),
+        ],
         health=f"http://127.0.0.1:{MINIO_PORT}/minio/health/live",
         env=minio_env,
     ),
@@ -278,8 +323,15 @@ COMPONENTS: dict[str, Component] = {
     **{c.name: c for i, p in enumerate(UPLOADER_PORTS, 1) if (c := service("uploader", i, p))},
     "gateway": Component(
         "gateway",
-        lambda: ["nginx", "-c", str(nginx_paths()[0]), "-p", str(nginx_paths()[1]),
-                 "-g", "daemon off;"],
+        lambda: [
+            "nginx",
+            "-c",
+            str(nginx_paths()[0]),
+            "-p",
+            str(nginx_paths()[1]),
+            "-g",
+            "daemon off;",
+        ],
         health=f"http://127.0.0.1:{PLAIN_PORT}/status",
     ),
 }
@@ -295,8 +347,13 @@ def pg_ready() -> bool:
 
 
 def pg_admin() -> dict[str, object]:
-    return {"host": "127.0.0.1", "port": PG_PORT, "user": "postgres", "dbname": "postgres",
-            "password": secrets_env()["PG_SUPER_PASSWORD"]}
+    return {
+        "host": "127.0.0.1",
+        "port": PG_PORT,
+        "user": "postgres",
+        "dbname": "postgres",
+        "password": secrets_env()["PG_SUPER_PASSWORD"],
+    }
 
 
 def start_postgres() -> None:
@@ -311,8 +368,21 @@ def start_postgres() -> None:
             shutil.chown(data, user)
             shutil.chown(pwfile, user)
         os.chmod(data, 0o700)
-        run([pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=scram-sha-256",
-             f"--pwfile={pwfile}", "-E", "UTF8"], user=user, stdout=subprocess.DEVNULL)
+        run(
+            [
+                pg_bin("initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "-E",
+                "UTF8",
+            ],
+            user=user,
+            stdout=subprocess.DEVNULL,
+        )
         pwfile.unlink()
     comp = COMPONENTS["postgres"]
     if comp.pid() is None:
@@ -348,8 +418,12 @@ def prepare_gateway() -> None:
     cert, key = ensure_self_signed(STATE / "tls")
     openapi = STATE / "openapi.json"
     openapi.write_text(
-        subprocess.run([*IMAGEGATE, "openapi", "--data-dir", str(STATE / "openapi-build")],
-                       check=True, capture_output=True, text=True).stdout
+        subprocess.run(
+            [*IMAGEGATE, "openapi", "--data-dir", str(STATE / "openapi-build")],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
     )
     user_directive = ""
     if os.geteuid() == 0:
@@ -369,8 +443,7 @@ def prepare_gateway() -> None:
         "MINIO_HOST": f"127.0.0.1:{MINIO_PORT}",
         "S3_BUCKET": BUCKET,
         "PLAIN_HTTP_SERVER": (
-            f"server {{ listen 127.0.0.1:{PLAIN_PORT}; "
-            f"include {conf_dir}/imagegate-routes.conf; }}"
+            f"server {{ listen 127.0.0.1:{PLAIN_PORT}; include {conf_dir}/imagegate-routes.conf; }}"
         ),
         "HTTP_LISTEN": f"127.0.0.1:{REDIRECT_PORT}",
         "HTTPS_LISTEN": f"127.0.0.1:{HTTPS_PORT}",
@@ -396,7 +469,9 @@ def prepare_keys() -> None:
     public = subprocess.run(
         [*IMAGEGATE, "keys", "public", "--data-dir", str(keys)],
         env={**os.environ, "IMAGEGATE_JWT_PRIVATE_KEY_FILE": str(keys / "jwt-signing-key.pem")},
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     (keys / "jwt-public.pem").write_text(public)
 
@@ -410,10 +485,16 @@ def up(demo: bool) -> None:
     start_postgres()
     COMPONENTS["minio"].start()
     env = {**os.environ, **service_env("uploader")}
-    run([*IMAGEGATE, "storage", "init", "--data-dir", str(STATE / "admin")], env=env,
-        stdout=subprocess.DEVNULL)
-    run([*IMAGEGATE, "db", "upgrade", "--data-dir", str(STATE / "admin")], env=env,
-        stdout=subprocess.DEVNULL)
+    run(
+        [*IMAGEGATE, "storage", "init", "--data-dir", str(STATE / "admin")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    run(
+        [*IMAGEGATE, "db", "upgrade", "--data-dir", str(STATE / "admin")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
     prepare_keys()
     for name in ("security-1", "security-2", "uploader-1", "uploader-2"):
         COMPONENTS[name].start()
@@ -451,8 +532,11 @@ def status() -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="deploy/local/stack", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="deploy/local/stack",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("action", choices=["up", "down", "status", "start", "stop", "kill", "urls"])
     parser.add_argument("name", nargs="?", choices=list(COMPONENTS))
     parser.add_argument("--demo", action="store_true", help="create the seed's user bob/qwe123")

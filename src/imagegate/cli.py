@@ -10,6 +10,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -88,6 +89,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     _common(pub)
 
+    certs = sub.add_parser("tls", help="certificates")
+    tls_sub = certs.add_subparsers(dest="tls_command", required=True)
+    cert = tls_sub.add_parser(
+        "self-signed", help="write cert.pem and key.pem for local HTTPS into a folder"
+    )
+    cert.add_argument("folder")
+    cert.add_argument("--host", action="append", default=[], help="a DNS name (repeatable)")
+
     spec = sub.add_parser("openapi", help="print the OpenAPI description of every route")
     _common(spec)
 
@@ -100,9 +109,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> Settings:
     flags: dict[str, Any] = {
-        "data_dir": args.data_dir,
-        "database_url": args.database_url,
-        "log_level": args.log_level,
+        "data_dir": getattr(args, "data_dir", None),
+        "database_url": getattr(args, "database_url", None),
+        "log_level": getattr(args, "log_level", None),
     }
     if args.command == "serve":
         flags |= {
@@ -247,6 +256,10 @@ def main(argv: list[str] | None = None) -> None:
             prepare_data_dir(settings.data_dir)
             upgrade(settings.effective_database_url)
             print("database is at the latest schema")
+        elif args.command == "tls":
+            hosts = tuple(args.host) or ("localhost",)
+            cert_path, key_path = ensure_self_signed(Path(args.folder), hosts)
+            print(f"{cert_path}\n{key_path}")
         elif args.command == "openapi":
             sys.stdout.write(json.dumps(create_app(settings).openapi(), indent=1) + "\n")
         elif args.command == "storage":
