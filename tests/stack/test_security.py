@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import time
@@ -102,3 +103,19 @@ def test_request_id_reaches_the_service_logs(stack: Stack) -> None:
     services = "".join(p.read_text() for p in logs.glob("security-*.log"))
     assert f"rid={rid}" in gateway
     assert f"rid={rid}" in services
+
+
+def test_gateway_rate_limits_login_with_a_json_429(stack: Stack) -> None:
+    address = f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.77"
+    transport = httpx.HTTPTransport(local_address=address)
+    with httpx.Client(base_url=stack.http, transport=transport, timeout=30) as c:
+        statuses = []
+        for _ in range(120):  # far over the 20/s rate and its burst of 40
+            r = c.post("/v1/token", content=b"{}", headers={"Content-Type": "application/json"})
+            statuses.append(r.status_code)
+            if r.status_code == 429:
+                assert r.json()["error"]
+                assert r.headers["Retry-After"]
+                break
+    assert statuses[0] == 400  # the service's answer while under the limit
+    assert statuses[-1] == 429
