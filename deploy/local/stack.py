@@ -126,7 +126,7 @@ def service_env(role: str) -> dict[str, str]:
     s = secrets_env()
     env = {
         "IMAGEGATE_DATABASE_URL": (
-            f"postgresql+psycopg://imagegate:{s['PG_APP_PASSWORD']}@127.0.0.1:{PG_PORT}/imagegate"
+            f"postgresql://imagegate:{s['PG_APP_PASSWORD']}@127.0.0.1:{PG_PORT}/imagegate"
         ),
         "IMAGEGATE_STORAGE": "s3",
         "IMAGEGATE_S3_ENDPOINT": f"http://127.0.0.1:{MINIO_PORT}",

@@ -146,6 +146,13 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, app_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
-    for db_error in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError):
+    # asyncpg raises a plain ConnectionError when it cannot connect at all.
+    db_errors = (
+        sa_exc.OperationalError,
+        sa_exc.InterfaceError,
+        sa_exc.TimeoutError,
+        ConnectionError,
+    )
+    for db_error in db_errors:
         app.add_exception_handler(db_error, database_down)
     app.add_exception_handler(Exception, unexpected)

@@ -138,7 +138,7 @@ def build_runtime(settings: Settings, roles: tuple[Role, ...]) -> Runtime:
     """Wire the components for ``roles``; starts nothing (see :meth:`Runtime.start`)."""
     prepare_data_dir(settings.data_dir)
     private_key, public_keys = _keys(settings, roles)
-    engine = create_engine(settings.effective_database_url)
+    engine = create_engine(settings.effective_database_url, settings.database_pool_size)
     return Runtime(
         settings=settings,
         roles=roles,
@@ -151,6 +151,7 @@ def build_runtime(settings: Settings, roles: tuple[Role, ...]) -> Runtime:
             settings.jwt_issuer,
             settings.jwt_audience,
             settings.token_leeway_seconds,
+            settings.token_cache_size,
         ),
         issuer=TokenIssuer(
             private_key, settings.jwt_issuer, settings.jwt_audience, settings.token_ttl_seconds

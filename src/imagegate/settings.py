@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default: SQLite file in the data dir."
     )
+    database_pool_size: int = Field(
+        20, ge=1, description="PostgreSQL connections per process (no overflow)."
+    )
     storage: Literal["local", "s3"] = "local"
     s3_endpoint: str | None = Field(None, description="e.g. http://127.0.0.1:9000; None: AWS")
     s3_bucket: str = "data"
@@ -70,6 +73,9 @@ class Settings(BaseSettings):
     jwt_audience: str = "imagegate"
     token_ttl_seconds: int = Field(900, gt=0, le=86400)
     token_leeway_seconds: int = Field(60, ge=0, le=60)
+    token_cache_size: int = Field(
+        10_000, ge=0, description="Verified tokens remembered per process (0: verify every time)."
+    )
 
     # Passwords and login throttling
     password_min_length: int = Field(12, ge=8, le=1024)

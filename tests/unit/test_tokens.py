@@ -106,3 +106,28 @@ def test_signing_key_is_created_once_with_mode_0600(tmp_path: Path) -> None:
     again = load_or_create_signing_key(path)
     assert path.stat().st_mode & 0o777 == 0o600
     assert public_jwk(first.public_key()) == public_jwk(again.public_key())
+
+
+def test_remembered_tokens_still_expire(
+    key: ec.EllipticCurvePrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issuer, verifier = pair(key)
+    token = issuer.issue(Identity("u1", "alice"))
+    assert verifier.verify(token) == Identity("u1", "alice")  # verified, now remembered
+    later = time.time() + 900 + 61
+    monkeypatch.setattr("imagegate.security.tokens.time.time", lambda: later)
+
+    def full_check(_: str) -> None:  # stands for PyJWT, whose clock we do not move here
+        raise InvalidToken("Signature has expired")
+
+    monkeypatch.setattr(verifier, "_verify", full_check)
+    with pytest.raises(InvalidToken, match="expired"):
+        verifier.verify(token)
+
+
+def test_remembered_tokens_are_bounded(key: ec.EllipticCurvePrivateKey) -> None:
+    issuer = TokenIssuer(key, "imagegate", "imagegate", 900)
+    verifier = TokenVerifier([key.public_key()], "imagegate", "imagegate", 60, cache_size=3)
+    for i in range(10):
+        verifier.verify(issuer.issue(Identity(f"u{i}", "a")))
+    assert len(verifier._verified) == 3

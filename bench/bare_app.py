@@ -1,0 +1,26 @@
+"""The framework ceiling: a bare FastAPI endpoint served exactly the way imagegate is."""
+
+from __future__ import annotations
+
+import sys
+
+import uvicorn
+from fastapi import FastAPI
+
+app = FastAPI()
+
+
+@app.get("/ping")
+async def ping() -> dict[str, bool]:
+    return {"ok": True}
+
+
+if __name__ == "__main__":
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        log_config=None,
+        access_log=False,
+        server_header=False,
+    )

@@ -1,0 +1,495 @@
+"""imagegate benchmarks: every number next to the ceiling it could reach, measured in one run.
+
+    bench/run [--quick] [--json FILE]
+
+Load comes from wrk (Debian's), one thread, driven by Lua scripts; its own ceiling is the NGINX
+static baseline. Targets: embedded mode (`imagegate serve`) and the local production stack
+(deploy/local/stack). Baselines: NGINX static files and a trivial proxied upstream, NGINX's
+auth_request path to the real security service (with and without the cache) in front of that
+trivial upstream, MinIO direct, a bare Pillow decode+encode loop on all cores, a bare FastAPI
+endpoint served like imagegate, and Argon2 alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+from argon2 import PasswordHasher
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.support.server import ServerProcess, free_port  # noqa: E402
+
+CORES = os.cpu_count() or 1
+PY = sys.executable
+
+
+@dataclass
+class Row:
+    scenario: str
+    target: str
+    metric: str
+    value: float
+    baseline: float | None = None
+    ratio: float | None = None
+
+
+@dataclass
+class Load:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+
+
+class Bench:
+    def __init__(self, quick: bool, work: Path) -> None:
+        self.quick = quick
+        self.work = work
+        self.duration = 3 if quick else 10
+        self.rows: list[Row] = []
+
+    def add(self, scenario: str, target: str, metric: str, value: float,
+            baseline: float | None = None) -> None:
+        ratio = round(value / baseline, 3) if baseline else None
+        row = Row(scenario, target, metric, round(value, 3), baseline and round(baseline, 3), ratio)
+        self.rows.append(row)
+        shown = f"  (baseline {row.baseline}, ratio {row.ratio})" if baseline else ""
+        print(f"{scenario:38} {target:10} {metric:14} {row.value:>12}{shown}", flush=True)
+
+    # --- wrk ---------------------------------------------------------------------------
+
+    def wrk(self, url: str, *, connections: int = 32, method: str = "GET",
+            headers: dict[str, str] | None = None, body: bytes | None = None,
+            duration: float | None = None) -> Load:
+        script = self.work / f"wrk-{time.monotonic_ns()}.lua"
+        lines = [f'wrk.method = "{method}"']
+        for name, value in (headers or {}).items():
+            lines.append(f'wrk.headers["{name}"] = "{value}"')
+        if body is not None:
+            body_file = script.with_suffix(".body")
+            body_file.write_bytes(body)
+            lines.append(f'local f = io.open("{body_file}", "rb"); wrk.body = f:read("*all"); f:close()')
+        lines.append(
+            'done = function(s, lat, req)\n'
+            '  io.write(string.format("BENCHJSON %d %d %d %d %d\\n", s.requests, s.duration,'
+            ' s.errors.status + s.errors.connect + s.errors.read + s.errors.write'
+            ' + s.errors.timeout, lat:percentile(50), lat:percentile(99)))\nend'
+        )
+        script.write_text("\n".join(lines) + "\n")
+        seconds = duration or self.duration
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s", "-s",
+             str(script), url],
+            capture_output=True, text=True, timeout=seconds + 60,
+        ).stdout
+        line = next(x for x in out.splitlines() if x.startswith("BENCHJSON"))
+        requests, dur_us, errors, p50, p99 = (int(v) for v in line.split()[1:])
+        ok = requests - errors
+        return Load(ok / (dur_us / 1e6), p50 / 1000, p99 / 1000, requests, errors)
+
+
+# --- images ------------------------------------------------------------------------------
+
+
+def photo(width: int, height: int) -> Image.Image:
+    img = Image.radial_gradient("L").resize((width, height)).convert("RGB")
+    draw = ImageDraw.Draw(img)
+    for i in range(0, width, 11):
+        draw.line((i, 0, width - i, height), fill=(i % 256, (i * 3) % 256, 160), width=2)
+    return img
+
+
+def encode(img: Image.Image, fmt: str, **options: object) -> bytes:
+    out = io.BytesIO()
+    img.save(out, format=fmt, **options)
+    return out.getvalue()
+
+
+def noise_png(side: int) -> bytes:
+    """Incompressible pixels: the stored file keeps (about) the uploaded size."""
+    return encode(Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)), "PNG")
+
+
+IMAGES: dict[str, bytes] = {}
+
+
+def make_images() -> None:
+    IMAGES["1mp"] = encode(photo(1155, 866), "JPEG", quality=92)
+    IMAGES["12mp"] = encode(photo(4000, 3000), "JPEG", quality=92)
+    IMAGES["100kb"] = noise_png(180)  # about 100 KB
+    IMAGES["5mb"] = noise_png(1290)  # about 5 MB
+
+
+# --- baselines ---------------------------------------------------------------------------
+
+
+def _codec_loop(data: bytes, seconds: float) -> int:
+    done, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        img.save(io.BytesIO(), "JPEG", quality=80, progressive=True, optimize=True)
+        done += 1
+    return done
+
+
+def codec_ceiling(data: bytes, seconds: float) -> float:
+    """Decode + re-encode at imagegate's JPEG settings, one loop per core."""
+    with ProcessPoolExecutor(CORES) as pool:
+        list(pool.map(_codec_loop, [data] * CORES, [0.5] * CORES))  # warm the workers
+        counts = list(pool.map(_codec_loop, [data] * CORES, [seconds] * CORES))
+    return sum(counts) / seconds
+
+
+def argon2_ceiling() -> float:
+    """Logins a second if every core did nothing but verify Argon2id at imagegate's settings."""
+    hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+    stored = hasher.hash("benchmark password")
+    times = []
+    for _ in range(10):
+        start = time.perf_counter()
+        hasher.verify(stored, "benchmark password")
+        times.append(time.perf_counter() - start)
+    return CORES / statistics.median(times)
+
+
+# --- process helpers ---------------------------------------------------------------------
+
+
+def tree_rss(pids: list[int]) -> int:
+    """Resident bytes of these processes and all their descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0, list(pids)
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+@contextmanager
+def peak_rss(pids: list[int]) -> Iterator[list[int]]:
+    peak = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], tree_rss(pids))
+            time.sleep(0.05)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        t.join()
+
+
+@contextmanager
+def process(cmd: list[str], ready_url: str, **kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, **kwargs)  # type: ignore[call-overload]
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(ready_url, timeout=1).status_code < 500:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{cmd[0]} did not start")
+            time.sleep(0.1)
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+
+def stack_module():  # type: ignore[no-untyped-def]
+    from tests.stack.conftest import stack_module as load
+
+    return load()
+
+
+BENCH_NGINX = """
+load_module {modules}/ngx_http_js_module.so;
+{user}
+worker_processes auto;
+pid {run}/nginx.pid;
+error_log {run}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    sendfile on; tcp_nopush on; keepalive_timeout 65s; keepalive_requests 100000;
+    client_body_temp_path {run}/body; proxy_temp_path {run}/proxy;
+    fastcgi_temp_path {run}/fcgi; uwsgi_temp_path {run}/uwsgi; scgi_temp_path {run}/scgi;
+    access_log {run}/access.log;
+    map $http_x_request_id $req_id {{ default $request_id; }}
+    js_import auth_key from {conf_cache}/auth_key.js;
+    js_set $auth_key auth_key.key;
+    proxy_cache_path {run}/auth-cache levels=1:2 keys_zone=auth:10m inactive=60s use_temp_path=off;
+    upstream security {{ {security} keepalive 32; }}
+    upstream trivial {{ server 127.0.0.1:{trivial}; keepalive 32; }}
+    server {{ listen 127.0.0.1:{trivial}; access_log off; location / {{ return 200 'ok'; }} }}
+    server {{ listen 127.0.0.1:{static}; root {static_dir}; }}
+    server {{
+        listen 127.0.0.1:{proxy};
+        set $auth_user_id ""; set $auth_user_login "";
+        location / {{ proxy_pass http://trivial; include {conf_cache}/proxy-headers.conf; }}
+    }}
+    server {{
+        listen 127.0.0.1:{auth_cached};
+        include {conf_cache}/error-pages.conf; include {conf_cache}/error-locations.conf;
+        include {conf_cache}/auth-check.conf;
+        set $auth_user_id ""; set $auth_user_login "";
+        location / {{ include {conf_cache}/auth.conf; proxy_pass http://trivial;
+                      include {conf_cache}/proxy-headers.conf; }}
+    }}
+    server {{
+        listen 127.0.0.1:{auth_nocache};
+        include {conf_nocache}/error-pages.conf; include {conf_nocache}/error-locations.conf;
+        include {conf_nocache}/auth-check.conf;
+        set $auth_user_id ""; set $auth_user_login "";
+        location / {{ include {conf_nocache}/auth.conf; proxy_pass http://trivial;
+                      include {conf_nocache}/proxy-headers.conf; }}
+    }}
+}}
+"""
+
+
+@contextmanager
+def baseline_nginx(work: Path, static_files: dict[str, bytes]) -> Iterator[dict[str, int]]:
+    """NGINX with the static, trivial-proxy and auth_request-in-front-of-trivial baselines;
+    the auth path includes the gateway's own auth-check.conf and auth.conf, rendered."""
+    stack = stack_module()
+    ports = {k: free_port() for k in ("trivial", "static", "proxy", "auth_cached", "auth_nocache")}
+    run_dir, static_dir = work / "nginx-run", work / "static"
+    for d in (run_dir, static_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    for name, data in static_files.items():
+        (static_dir / name).write_bytes(data)
+    confs = {}
+    for label, cache in (("cache", "auth"), ("nocache", "off")):
+        conf = work / f"nginx-{label}"
+        conf.mkdir(exist_ok=True)
+        values = {"CONF_DIR": str(conf), "AUTH_CACHE": cache}
+        for item in (ROOT / "deploy" / "nginx").iterdir():
+            target = conf / item.name.removesuffix(".template")
+            if item.name in ("auth-check.conf.template", "auth.conf.template"):
+                target.write_text(stack.render(item, values))
+            elif item.suffix != ".template":
+                target.write_text(item.read_text())
+        confs[label] = conf
+    user = ""
+    if os.geteuid() == 0:
+        user = "user www-data;"
+        shutil.chown(run_dir, "www-data")
+        os.chmod(work, 0o755)
+    servers = " ".join(f"server 127.0.0.1:{p};" for p in stack.SECURITY_PORTS)
+    conf_file = work / "nginx.conf"
+    conf_file.write_text(BENCH_NGINX.format(
+        modules=stack.nginx_modules_dir(), user=user, run=run_dir, conf_cache=confs["cache"],
+        conf_nocache=confs["nocache"], security=servers, static_dir=static_dir, **ports,
+    ))
+    cmd = ["nginx", "-c", str(conf_file), "-p", str(work), "-g", "daemon off;"]
+    with process(cmd, f"http://127.0.0.1:{ports['static']}/tiny.txt"):
+        yield ports
+
+
+# --- the scenarios -----------------------------------------------------------------------
+
+
+def login(client: httpx.Client) -> str:
+    r = client.post("/v1/token", json={"login": "bob", "password": "qwe123"})
+    r.raise_for_status()
+    return r.text
+
+
+def upload(client: httpx.Client, token: str, data: bytes, visibility: str = "public") -> str:
+    r = client.post("/v1/upload", content=data, params={"visibility": visibility},
+                    headers={"Authorization": f"Bearer {token}"}, timeout=120)
+    r.raise_for_status()
+    return str(r.json()["filename"])
+
+
+def measure_target(b: Bench, target: str, api: str, security: str, uploader_pids: list[int],
+                   ceilings: dict[str, float]) -> dict[str, str]:
+    """The user-facing scenarios against one target; returns names of stored images."""
+    with httpx.Client(base_url=api, timeout=60) as c:
+        token = login(c)
+        auth = {"Authorization": f"Bearer {token}"}
+        stored = {k: upload(c, token, IMAGES[k]) for k in ("100kb", "5mb")}
+        stored |= {f"own-{k}": upload(c, token, IMAGES[k], "private") for k in ("100kb", "5mb")}
+
+    creds = json.dumps({"login": "bob", "password": "qwe123"}).encode()
+    load = b.wrk(f"{security}/v1/token", method="POST", body=creds, connections=8,
+                 headers={"Content-Type": "application/json"})
+    b.add("login POST /v1/token", target, "req/s", load.rps, ceilings["argon2"])
+
+    load = b.wrk(f"{security}/v1/token/validation", headers=auth)
+    b.add("token validation (direct)", target, "req/s", load.rps, ceilings["framework"])
+
+    load = b.wrk(f"{api}/v1/user", headers=auth)
+    base = ceilings["framework"] if target == "embedded" else ceilings["gateway"]
+    b.add("GET /v1/user (authenticated)", target, "req/s", load.rps, base)
+    b.add("GET /v1/user (authenticated)", target, "p99 ms", load.p99_ms)
+
+    for size in ("1mp", "12mp"):
+        with peak_rss(uploader_pids) as peak:
+            idle = tree_rss(uploader_pids)
+            load = b.wrk(f"{api}/v1/upload", method="POST", body=IMAGES[size], headers=auth,
+                         connections=CORES * 2, duration=b.duration * (2 if size == "12mp" else 1))
+        scenario = f"upload {size.upper()} JPEG"
+        b.add(scenario, target, "images/s", load.rps, ceilings[f"codec-{size}"])
+        b.add(scenario, target, "p50 ms", load.p50_ms)
+        b.add(scenario, target, "p99 ms", load.p99_ms)
+        b.add(scenario, target, "peak RSS MiB", peak[0] / 2**20)
+        if size == "12mp":
+            bitmap = 4000 * 3000 * 3
+            in_flight = CORES  # one upload per codec worker at a time
+            b.add(scenario, target, "RSS/bitmap", (peak[0] - idle) / in_flight / bitmap)
+
+    for size in ("100kb", "5mb"):
+        conns = 32 if size == "100kb" else 8
+        load = b.wrk(f"{api}/images/{stored[size]}", connections=conns)
+        b.add(f"public download {size}", target, "MiB/s",
+              load.rps * len(IMAGES[size]) / 2**20, ceilings[f"direct-{size}"])
+        load = b.wrk(f"{api}/v1/user/{stored['own-' + size]}", headers=auth, connections=conns)
+        b.add(f"owner download {size}", target, "MiB/s",
+              load.rps * len(IMAGES[size]) / 2**20, ceilings[f"direct-{size}"])
+    return stored
+
+
+def run(b: Bench) -> None:
+    make_images()
+    print(f"machine: {CORES} cores; wrk -t1; {b.duration} s per load run", flush=True)
+    stack = stack_module()
+    stack_was_up = subprocess.run([PY, str(ROOT / "deploy/local/stack.py"), "status"],
+                                  capture_output=True).returncode == 0
+    if not stack_was_up:
+        subprocess.run([PY, str(ROOT / "deploy/local/stack.py"), "up", "--demo"], check=True,
+                       capture_output=True)
+    try:
+        run_with_stack(b, stack)
+    finally:
+        if not stack_was_up:
+            subprocess.run([PY, str(ROOT / "deploy/local/stack.py"), "down"], capture_output=True)
+
+
+def run_with_stack(b: Bench, stack: object) -> None:
+    ceilings: dict[str, float] = {}
+    ceilings["argon2"] = argon2_ceiling()
+    b.add("Argon2id verify, all cores", "baseline", "logins/s", ceilings["argon2"])
+    for size in ("1mp", "12mp"):
+        ceilings[f"codec-{size}"] = codec_ceiling(IMAGES[size], b.duration)
+        b.add(f"Pillow decode+encode {size.upper()}", "baseline", "images/s",
+              ceilings[f"codec-{size}"])
+
+    port = free_port()
+    with process([PY, str(ROOT / "bench" / "bare_app.py"), str(port)],
+                 f"http://127.0.0.1:{port}/ping"):
+        ceilings["framework"] = b.wrk(f"http://127.0.0.1:{port}/ping").rps
+    b.add("bare FastAPI endpoint (uvicorn)", "baseline", "req/s", ceilings["framework"])
+
+    security = f"http://127.0.0.1:{stack.SECURITY_PORTS[0]}"  # type: ignore[attr-defined]
+    with httpx.Client(base_url=f"http://127.0.0.1:{stack.PLAIN_PORT}") as c:  # type: ignore[attr-defined]
+        token = login(c)
+        public_name = upload(c, token, IMAGES["5mb"])
+        small_name = upload(c, token, IMAGES["100kb"])
+        stored_5mb = c.get(f"/images/{public_name}").content
+        stored_100kb = c.get(f"/images/{small_name}").content
+    auth = {"Authorization": f"Bearer {token}"}
+    files = {"tiny.txt": b"ok", "100kb.png": stored_100kb, "5mb.png": stored_5mb}
+    with baseline_nginx(b.work, files) as ports:
+        static = f"http://127.0.0.1:{ports['static']}"
+        tiny = b.wrk(f"{static}/tiny.txt").rps
+        b.add("NGINX static tiny file (load-generator ceiling)", "baseline", "req/s", tiny)
+        for size in ("100kb", "5mb"):
+            conns = 32 if size == "100kb" else 8
+            rate = b.wrk(f"{static}/{size}.png", connections=conns).rps
+            b.add(f"NGINX static {size}", "baseline", "MiB/s", rate * len(files[f"{size}.png"]) / 2**20)
+        ceilings["gateway"] = b.wrk(f"http://127.0.0.1:{ports['proxy']}/x").rps
+        b.add("NGINX proxy → trivial upstream", "baseline", "req/s", ceilings["gateway"], tiny)
+        cached = b.wrk(f"http://127.0.0.1:{ports['auth_cached']}/x", headers=auth).rps
+        b.add("auth_request (cached) → trivial", "stack", "req/s", cached, ceilings["gateway"])
+        uncached = b.wrk(f"http://127.0.0.1:{ports['auth_nocache']}/x", headers=auth).rps
+        b.add("auth_request (no cache) → trivial", "stack", "req/s", uncached, ceilings["gateway"])
+
+    minio = f"http://127.0.0.1:{stack.MINIO_PORT}/{stack.BUCKET}/public"  # type: ignore[attr-defined]
+    for size, name in (("100kb", small_name), ("5mb", public_name)):
+        conns = 32 if size == "100kb" else 8
+        rate = b.wrk(f"{minio}/{name}", connections=conns).rps
+        ceilings[f"direct-{size}"] = rate * len(files[f"{size}.png"]) / 2**20
+        b.add(f"MinIO direct GET {size}", "baseline", "MiB/s", ceilings[f"direct-{size}"])
+
+    uploader_pids = [
+        stack.COMPONENTS[n].pid() for n in ("uploader-1", "uploader-2")  # type: ignore[attr-defined]
+    ]
+    measure_target(b, "stack", f"http://127.0.0.1:{stack.PLAIN_PORT}", security,  # type: ignore[attr-defined]
+                   uploader_pids, ceilings)
+
+    (b.work / "embedded").mkdir()
+    server = ServerProcess(b.work / "embedded" / "data").start()
+    try:
+        assert server.process is not None
+        embedded_ceilings = dict(ceilings)
+        for size in ("100kb", "5mb"):  # embedded serves from disk: NGINX static is its ceiling
+            embedded_ceilings[f"direct-{size}"] = next(
+                r.value for r in b.rows if r.scenario == f"NGINX static {size}"
+            )
+        measure_target(b, "embedded", server.base_url, server.base_url, [server.process.pid],
+                       embedded_ceilings)
+    finally:
+        server.stop()
+
+
+def main(argv: list[str] | None = None, *, on_row: Callable[[Row], None] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short runs (under 3 minutes)")
+    parser.add_argument("--json", type=Path, help="write the rows as JSON to this file")
+    args = parser.parse_args(argv)
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="imagegate-bench-") as tmp:
+        b = Bench(args.quick, Path(tmp))
+        run(b)
+    print(f"done in {time.monotonic() - start:.0f} s", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in b.rows], indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
