@@ -68,8 +68,9 @@ class Bench:
         self.duration = 3 if quick else 10
         self.rows: list[Row] = []
 
-    def add(self, scenario: str, target: str, metric: str, value: float,
-            baseline: float | None = None) -> None:
+    def add(
+        self, scenario: str, target: str, metric: str, value: float, baseline: float | None = None
+    ) -> None:
         ratio = round(value / baseline, 3) if baseline else None
         row = Row(scenario, target, metric, round(value, 3), baseline and round(baseline, 3), ratio)
         self.rows.append(row)
@@ -78,9 +79,16 @@ class Bench:
 
     # --- wrk ---------------------------------------------------------------------------
 
-    def wrk(self, url: str, *, connections: int = 32, method: str = "GET",
-            headers: dict[str, str] | None = None, body: bytes | None = None,
-            duration: float | None = None) -> Load:
+    def wrk(
+        self,
+        url: str,
+        *,
+        connections: int = 32,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+        duration: float | None = None,
+    ) -> Load:
         script = self.work / f"wrk-{time.monotonic_ns()}.lua"
         lines = [f'wrk.method = "{method}"']
         for name, value in (headers or {}).items():
@@ -88,19 +96,32 @@ class Bench:
         if body is not None:
             body_file = script.with_suffix(".body")
             body_file.write_bytes(body)
-            lines.append(f'local f = io.open("{body_file}", "rb"); wrk.body = f:read("*all"); f:close()')
+            lines.append(
+                f'local f = io.open("{body_file}", "rb"); wrk.body = f:read("*all"); f:close()'
+            )
         lines.append(
-            'done = function(s, lat, req)\n'
+            "done = function(s, lat, req)\n"
             '  io.write(string.format("BENCHJSON %d %d %d %d %d\\n", s.requests, s.duration,'
-            ' s.errors.status + s.errors.connect + s.errors.read + s.errors.write'
-            ' + s.errors.timeout, lat:percentile(50), lat:percentile(99)))\nend'
+            " s.errors.status + s.errors.connect + s.errors.read + s.errors.write"
+            " + s.errors.timeout, lat:percentile(50), lat:percentile(99)))\nend"
         )
         script.write_text("\n".join(lines) + "\n")
         seconds = duration or self.duration
         out = subprocess.run(
-            ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s", "-s",
-             str(script), url],
-            capture_output=True, text=True, timeout=seconds + 60,
+            [
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "--timeout",
+                "30s",
+                "-s",
+                str(script),
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
         ).stdout
         line = next(x for x in out.splitlines() if x.startswith("BENCHJSON"))
         requests, dur_us, errors, p50, p99 = (int(v) for v in line.split()[1:])
@@ -220,8 +241,9 @@ def peak_rss(pids: list[int]) -> Iterator[list[int]]:
 
 @contextmanager
 def process(cmd: list[str], ready_url: str, **kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, **kwargs)  # type: ignore[call-overload]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, **kwargs
+    )  # type: ignore[call-overload]
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -317,13 +339,21 @@ def baseline_nginx(work: Path, static_files: dict[str, bytes]) -> Iterator[dict[
     if os.geteuid() == 0:
         user = "user www-data;"
         shutil.chown(run_dir, "www-data")
-        os.chmod(work, 0o755)
+        os.chmod(work, 0o755)  # noqa: S103 - nginx workers (www-data) read the config here
     servers = " ".join(f"server 127.0.0.1:{p};" for p in stack.SECURITY_PORTS)
     conf_file = work / "nginx.conf"
-    conf_file.write_text(BENCH_NGINX.format(
-        modules=stack.nginx_modules_dir(), user=user, run=run_dir, conf_cache=confs["cache"],
-        conf_nocache=confs["nocache"], security=servers, static_dir=static_dir, **ports,
-    ))
+    conf_file.write_text(
+        BENCH_NGINX.format(
+            modules=stack.nginx_modules_dir(),
+            user=user,
+            run=run_dir,
+            conf_cache=confs["cache"],
+            conf_nocache=confs["nocache"],
+            security=servers,
+            static_dir=static_dir,
+            **ports,
+        )
+    )
     cmd = ["nginx", "-c", str(conf_file), "-p", str(work), "-g", "daemon off;"]
     with process(cmd, f"http://127.0.0.1:{ports['static']}/tiny.txt"):
         yield ports
@@ -339,14 +369,25 @@ def login(client: httpx.Client) -> str:
 
 
 def upload(client: httpx.Client, token: str, data: bytes, visibility: str = "public") -> str:
-    r = client.post("/v1/upload", content=data, params={"visibility": visibility},
-                    headers={"Authorization": f"Bearer {token}"}, timeout=120)
+    r = client.post(
+        "/v1/upload",
+        content=data,
+        params={"visibility": visibility},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=120,
+    )
     r.raise_for_status()
     return str(r.json()["filename"])
 
 
-def measure_target(b: Bench, target: str, api: str, security: str, uploader_pids: list[int],
-                   ceilings: dict[str, float]) -> dict[str, str]:
+def measure_target(
+    b: Bench,
+    target: str,
+    api: str,
+    security: str,
+    uploader_pids: list[int],
+    ceilings: dict[str, float],
+) -> dict[str, str]:
     """The user-facing scenarios against one target; returns names of stored images."""
     with httpx.Client(base_url=api, timeout=60) as c:
         token = login(c)
@@ -355,8 +396,13 @@ def measure_target(b: Bench, target: str, api: str, security: str, uploader_pids
         stored |= {f"own-{k}": upload(c, token, IMAGES[k], "private") for k in ("100kb", "5mb")}
 
     creds = json.dumps({"login": "bob", "password": "qwe123"}).encode()
-    load = b.wrk(f"{security}/v1/token", method="POST", body=creds, connections=8,
-                 headers={"Content-Type": "application/json"})
+    load = b.wrk(
+        f"{security}/v1/token",
+        method="POST",
+        body=creds,
+        connections=8,
+        headers={"Content-Type": "application/json"},
+    )
     b.add("login POST /v1/token", target, "req/s", load.rps, ceilings["argon2"])
 
     load = b.wrk(f"{security}/v1/token/validation", headers=auth)
@@ -370,8 +416,14 @@ def measure_target(b: Bench, target: str, api: str, security: str, uploader_pids
     for size in ("1mp", "12mp"):
         with peak_rss(uploader_pids) as peak:
             idle = tree_rss(uploader_pids)
-            load = b.wrk(f"{api}/v1/upload", method="POST", body=IMAGES[size], headers=auth,
-                         connections=CORES * 2, duration=b.duration * (2 if size == "12mp" else 1))
+            load = b.wrk(
+                f"{api}/v1/upload",
+                method="POST",
+                body=IMAGES[size],
+                headers=auth,
+                connections=CORES * 2,
+                duration=b.duration * (2 if size == "12mp" else 1),
+            )
         scenario = f"upload {size.upper()} JPEG"
         b.add(scenario, target, "images/s", load.rps, ceilings[f"codec-{size}"])
         b.add(scenario, target, "p50 ms", load.p50_ms)
@@ -385,11 +437,21 @@ def measure_target(b: Bench, target: str, api: str, security: str, uploader_pids
     for size in ("100kb", "5mb"):
         conns = 32 if size == "100kb" else 8
         load = b.wrk(f"{api}/images/{stored[size]}", connections=conns)
-        b.add(f"public download {size}", target, "MiB/s",
-              load.rps * len(IMAGES[size]) / 2**20, ceilings[f"direct-{size}"])
+        b.add(
+            f"public download {size}",
+            target,
+            "MiB/s",
+            load.rps * len(IMAGES[size]) / 2**20,
+            ceilings[f"direct-{size}"],
+        )
         load = b.wrk(f"{api}/v1/user/{stored['own-' + size]}", headers=auth, connections=conns)
-        b.add(f"owner download {size}", target, "MiB/s",
-              load.rps * len(IMAGES[size]) / 2**20, ceilings[f"direct-{size}"])
+        b.add(
+            f"owner download {size}",
+            target,
+            "MiB/s",
+            load.rps * len(IMAGES[size]) / 2**20,
+            ceilings[f"direct-{size}"],
+        )
     return stored
 
 
@@ -397,16 +459,51 @@ def run(b: Bench) -> None:
     make_images()
     print(f"machine: {CORES} cores; wrk -t1; {b.duration} s per load run", flush=True)
     stack = stack_module()
-    stack_was_up = subprocess.run([PY, str(ROOT / "deploy/local/stack.py"), "status"],
-                                  capture_output=True).returncode == 0
+    stack_was_up = (
+        subprocess.run(
+            [PY, str(ROOT / "deploy/local/stack.py"), "status"], capture_output=True
+        ).returncode
+        == 0
+    )
     if not stack_was_up:
-        subprocess.run([PY, str(ROOT / "deploy/local/stack.py"), "up", "--demo"], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [PY, str(ROOT / "deploy/local/stack.py"), "up", "--demo"],
+            check=True,
+            capture_output=True,
+        )
     try:
         run_with_stack(b, stack)
     finally:
         if not stack_was_up:
             subprocess.run([PY, str(ROOT / "deploy/local/stack.py"), "down"], capture_output=True)
+
+
+def before_after(b: Bench, stack: object, security: str, auth: dict[str, str]) -> None:
+    """What profiling changed, measured now: a security replica configured as before
+    (psycopg, every token verified) beside the stack's own (asyncpg, verified-token cache)."""
+    port = free_port()
+    env = {**os.environ, **stack.service_env("security")}  # type: ignore[attr-defined]
+    env["IMAGEGATE_DATABASE_URL"] = env["IMAGEGATE_DATABASE_URL"].replace(
+        "postgresql://", "postgresql+psycopg://"
+    )
+    env["IMAGEGATE_TOKEN_CACHE_SIZE"] = "0"  # noqa: S105 - a size, not a secret
+    env["IMAGEGATE_LOG_LEVEL"] = "warning"
+    cmd = [
+        PY,
+        "-m",
+        "imagegate",
+        "serve",
+        "security",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(b.work / "before"),
+    ]
+    with process(cmd, f"http://127.0.0.1:{port}/status", env=env):
+        before = b.wrk(f"http://127.0.0.1:{port}/v1/token/validation", headers=auth).rps
+    after = b.wrk(f"{security}/v1/token/validation", headers=auth).rps
+    b.add("validation before: psycopg, no cache", "stack", "req/s", before)
+    b.add("validation after: asyncpg, cache", "stack", "req/s", after, before)
 
 
 def run_with_stack(b: Bench, stack: object) -> None:
@@ -415,12 +512,17 @@ def run_with_stack(b: Bench, stack: object) -> None:
     b.add("Argon2id verify, all cores", "baseline", "logins/s", ceilings["argon2"])
     for size in ("1mp", "12mp"):
         ceilings[f"codec-{size}"] = codec_ceiling(IMAGES[size], b.duration)
-        b.add(f"Pillow decode+encode {size.upper()}", "baseline", "images/s",
-              ceilings[f"codec-{size}"])
+        b.add(
+            f"Pillow decode+encode {size.upper()}",
+            "baseline",
+            "images/s",
+            ceilings[f"codec-{size}"],
+        )
 
     port = free_port()
-    with process([PY, str(ROOT / "bench" / "bare_app.py"), str(port)],
-                 f"http://127.0.0.1:{port}/ping"):
+    with process(
+        [PY, str(ROOT / "bench" / "bare_app.py"), str(port)], f"http://127.0.0.1:{port}/ping"
+    ):
         ceilings["framework"] = b.wrk(f"http://127.0.0.1:{port}/ping").rps
     b.add("bare FastAPI endpoint (uvicorn)", "baseline", "req/s", ceilings["framework"])
 
@@ -440,7 +542,12 @@ def run_with_stack(b: Bench, stack: object) -> None:
         for size in ("100kb", "5mb"):
             conns = 32 if size == "100kb" else 8
             rate = b.wrk(f"{static}/{size}.png", connections=conns).rps
-            b.add(f"NGINX static {size}", "baseline", "MiB/s", rate * len(files[f"{size}.png"]) / 2**20)
+            b.add(
+                f"NGINX static {size}",
+                "baseline",
+                "MiB/s",
+                rate * len(files[f"{size}.png"]) / 2**20,
+            )
         ceilings["gateway"] = b.wrk(f"http://127.0.0.1:{ports['proxy']}/x").rps
         b.add("NGINX proxy → trivial upstream", "baseline", "req/s", ceilings["gateway"], tiny)
         cached = b.wrk(f"http://127.0.0.1:{ports['auth_cached']}/x", headers=auth).rps
@@ -455,11 +562,20 @@ def run_with_stack(b: Bench, stack: object) -> None:
         ceilings[f"direct-{size}"] = rate * len(files[f"{size}.png"]) / 2**20
         b.add(f"MinIO direct GET {size}", "baseline", "MiB/s", ceilings[f"direct-{size}"])
 
+    before_after(b, stack, security, auth)
+
     uploader_pids = [
-        stack.COMPONENTS[n].pid() for n in ("uploader-1", "uploader-2")  # type: ignore[attr-defined]
+        stack.COMPONENTS[n].pid()
+        for n in ("uploader-1", "uploader-2")  # type: ignore[attr-defined]
     ]
-    measure_target(b, "stack", f"http://127.0.0.1:{stack.PLAIN_PORT}", security,  # type: ignore[attr-defined]
-                   uploader_pids, ceilings)
+    measure_target(
+        b,
+        "stack",
+        f"http://127.0.0.1:{stack.PLAIN_PORT}",
+        security,  # type: ignore[attr-defined]
+        uploader_pids,
+        ceilings,
+    )
 
     (b.work / "embedded").mkdir()
     server = ServerProcess(b.work / "embedded" / "data").start()
@@ -470,15 +586,17 @@ def run_with_stack(b: Bench, stack: object) -> None:
             embedded_ceilings[f"direct-{size}"] = next(
                 r.value for r in b.rows if r.scenario == f"NGINX static {size}"
             )
-        measure_target(b, "embedded", server.base_url, server.base_url, [server.process.pid],
-                       embedded_ceilings)
+        measure_target(
+            b, "embedded", server.base_url, server.base_url, [server.process.pid], embedded_ceilings
+        )
     finally:
         server.stop()
 
 
 def main(argv: list[str] | None = None, *, on_row: Callable[[Row], None] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="bench/run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="short runs (under 3 minutes)")
     parser.add_argument("--json", type=Path, help="write the rows as JSON to this file")
     args = parser.parse_args(argv)
