@@ -32,10 +32,11 @@ from pathlib import Path
 
 import httpx
 from argon2 import PasswordHasher
-from PIL import Image, ImageDraw
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from tests.support.images import encode, photo  # noqa: E402
 from tests.support.server import ServerProcess, free_port  # noqa: E402
 
 CORES = os.cpu_count() or 1
@@ -130,20 +131,6 @@ class Bench:
 
 
 # --- images ------------------------------------------------------------------------------
-
-
-def photo(width: int, height: int) -> Image.Image:
-    img = Image.radial_gradient("L").resize((width, height)).convert("RGB")
-    draw = ImageDraw.Draw(img)
-    for i in range(0, width, 11):
-        draw.line((i, 0, width - i, height), fill=(i % 256, (i * 3) % 256, 160), width=2)
-    return img
-
-
-def encode(img: Image.Image, fmt: str, **options: object) -> bytes:
-    out = io.BytesIO()
-    img.save(out, format=fmt, **options)
-    return out.getvalue()
 
 
 def noise_png(side: int) -> bytes:
@@ -292,23 +279,20 @@ http {{
         set $auth_user_id ""; set $auth_user_login "";
         location / {{ proxy_pass http://trivial; include {conf_cache}/proxy-headers.conf; }}
     }}
-    server {{
-        listen 127.0.0.1:{auth_cached};
-        include {conf_cache}/error-pages.conf; include {conf_cache}/error-locations.conf;
-        include {conf_cache}/auth-check.conf;
-        set $auth_user_id ""; set $auth_user_login "";
-        location / {{ include {conf_cache}/auth.conf; proxy_pass http://trivial;
-                      include {conf_cache}/proxy-headers.conf; }}
-    }}
-    server {{
-        listen 127.0.0.1:{auth_nocache};
-        include {conf_nocache}/error-pages.conf; include {conf_nocache}/error-locations.conf;
-        include {conf_nocache}/auth-check.conf;
-        set $auth_user_id ""; set $auth_user_login "";
-        location / {{ include {conf_nocache}/auth.conf; proxy_pass http://trivial;
-                      include {conf_nocache}/proxy-headers.conf; }}
-    }}
+    {auth_servers}
 }}
+"""
+
+
+AUTH_SERVER = """
+    server {{
+        listen 127.0.0.1:{port};
+        include {conf}/error-pages.conf; include {conf}/error-locations.conf;
+        include {conf}/auth-check.conf;
+        set $auth_user_id ""; set $auth_user_login "";
+        location / {{ include {conf}/auth.conf; proxy_pass http://trivial;
+                      include {conf}/proxy-headers.conf; }}
+    }}
 """
 
 
@@ -317,7 +301,7 @@ def baseline_nginx(work: Path, static_files: dict[str, bytes]) -> Iterator[dict[
     """NGINX with the static, trivial-proxy and auth_request-in-front-of-trivial baselines;
     the auth path includes the gateway's own auth-check.conf and auth.conf, rendered."""
     stack = stack_module()
-    ports = {k: free_port() for k in ("trivial", "static", "proxy", "auth_cached", "auth_nocache")}
+    ports = {k: free_port() for k in ("trivial", "static", "proxy", "auth_cache", "auth_nocache")}
     run_dir, static_dir = work / "nginx-run", work / "static"
     for d in (run_dir, static_dir):
         d.mkdir(parents=True, exist_ok=True)
@@ -341,6 +325,9 @@ def baseline_nginx(work: Path, static_files: dict[str, bytes]) -> Iterator[dict[
         shutil.chown(run_dir, "www-data")
         os.chmod(work, 0o755)  # noqa: S103 - nginx workers (www-data) read the config here
     servers = " ".join(f"server 127.0.0.1:{p};" for p in stack.SECURITY_PORTS)
+    auth_servers = "".join(
+        AUTH_SERVER.format(port=ports[f"auth_{label}"], conf=conf) for label, conf in confs.items()
+    )
     conf_file = work / "nginx.conf"
     conf_file.write_text(
         BENCH_NGINX.format(
@@ -348,9 +335,9 @@ def baseline_nginx(work: Path, static_files: dict[str, bytes]) -> Iterator[dict[
             user=user,
             run=run_dir,
             conf_cache=confs["cache"],
-            conf_nocache=confs["nocache"],
             security=servers,
             static_dir=static_dir,
+            auth_servers=auth_servers,
             **ports,
         )
     )
@@ -550,7 +537,7 @@ def run_with_stack(b: Bench, stack: object) -> None:
             )
         ceilings["gateway"] = b.wrk(f"http://127.0.0.1:{ports['proxy']}/x").rps
         b.add("NGINX proxy → trivial upstream", "baseline", "req/s", ceilings["gateway"], tiny)
-        cached = b.wrk(f"http://127.0.0.1:{ports['auth_cached']}/x", headers=auth).rps
+        cached = b.wrk(f"http://127.0.0.1:{ports['auth_cache']}/x", headers=auth).rps
         b.add("auth_request (cached) → trivial", "stack", "req/s", cached, ceilings["gateway"])
         uncached = b.wrk(f"http://127.0.0.1:{ports['auth_nocache']}/x", headers=auth).rps
         b.add("auth_request (no cache) → trivial", "stack", "req/s", uncached, ceilings["gateway"])

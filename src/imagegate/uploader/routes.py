@@ -139,6 +139,25 @@ async def delete_image(
     return Response(status_code=204)
 
 
+async def _serve(
+    request: Request, runtime: RuntimeDep, session: SessionDep, filename: str, owner_id: str | None
+) -> Response:
+    """The image if this viewer may see it (its owner, or anyone when public and asked for on
+    the public route), else 404 — checked by name before any lookup."""
+    if not is_image_name(filename):
+        raise NotFound("no such image")
+    image = await queries.image_for_viewer(session, filename, owner_id=owner_id)
+    if image is None:
+        raise NotFound("no such image")
+    return image_response(
+        request,
+        runtime.storage,
+        image,
+        public_route=owner_id is None,
+        accel_prefix=runtime.settings.accel_redirect_prefix,
+    )
+
+
 @router.api_route(
     "/images/{filename}",
     methods=["GET", "HEAD"],
@@ -149,18 +168,7 @@ async def delete_image(
 async def public_image(
     filename: str, request: Request, runtime: RuntimeDep, session: SessionDep
 ) -> Response:
-    if not is_image_name(filename):
-        raise NotFound("no such image")
-    image = await queries.image_for_viewer(session, filename, owner_id=None)
-    if image is None:
-        raise NotFound("no such image")
-    return image_response(
-        request,
-        runtime.storage,
-        image,
-        public_route=True,
-        accel_prefix=runtime.settings.accel_redirect_prefix,
-    )
+    return await _serve(request, runtime, session, filename, owner_id=None)
 
 
 @router.api_route(
@@ -177,15 +185,4 @@ async def own_image(
     runtime: RuntimeDep,
     session: SessionDep,
 ) -> Response:
-    if not is_image_name(filename):
-        raise NotFound("no such image")
-    image = await queries.image_for_viewer(session, filename, owner_id=identity.user_id)
-    if image is None:
-        raise NotFound("no such image")
-    return image_response(
-        request,
-        runtime.storage,
-        image,
-        public_route=False,
-        accel_prefix=runtime.settings.accel_redirect_prefix,
-    )
+    return await _serve(request, runtime, session, filename, owner_id=identity.user_id)
