@@ -36,7 +36,6 @@ _bearer = HTTPBearer(auto_error=False, description="An access token from POST /v
 
 async def bearer_identity(
     runtime: RuntimeDep,
-    session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Identity:
     """The identity of a valid ``Authorization: Bearer`` token of an existing account; 401 for
@@ -48,8 +47,11 @@ async def bearer_identity(
         identity = runtime.verifier.verify(credentials.credentials.strip())
     except InvalidToken as exc:
         raise Unauthorized("invalid or expired token") from exc
-    if await queries.user_by_id(session, identity.user_id) is None:
-        raise Unauthorized("account no longer exists")
+    # A session of its own, closed at once: the request's session may live through a long
+    # upload, and must not hold a pooled connection all that time.
+    async with runtime.sessions() as session:
+        if not await queries.user_exists(session, identity.user_id):
+            raise Unauthorized("account no longer exists")
     return identity
 
 

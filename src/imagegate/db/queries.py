@@ -28,6 +28,10 @@ async def user_by_id(session: AsyncSession, user_id: str) -> User | None:
     return await session.get(User, user_id)
 
 
+async def user_exists(session: AsyncSession, user_id: str) -> bool:
+    return await session.scalar(select(User.id).where(User.id == user_id)) is not None
+
+
 async def set_password_hash(session: AsyncSession, user_id: str, password_hash: str) -> None:
     await session.execute(
         update(User).where(User.id == user_id).values(password_hash=password_hash)

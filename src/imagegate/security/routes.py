@@ -168,7 +168,7 @@ async def login(request: Request, runtime: RuntimeDep, session: SessionDep) -> R
     responses=error_responses(401),
 )
 async def me(identity: CurrentIdentity, session: SessionDep) -> UserInfo:
-    user = await queries.user_by_id(session, identity.user_id)  # loaded by CurrentIdentity
+    user = await queries.user_by_id(session, identity.user_id)
     if user is None:
         raise Unauthorized("account no longer exists")
     usage = await queries.user_usage(session, user.id)

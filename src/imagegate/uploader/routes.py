@@ -147,6 +147,7 @@ async def _serve(
     if not is_image_name(filename):
         raise NotFound("no such image")
     image = await queries.image_for_viewer(session, filename, owner_id=owner_id)
+    await session.close()  # don't hold a pooled connection while the bytes stream out
     if image is None:
         raise NotFound("no such image")
     return image_response(
