@@ -3,6 +3,7 @@ compress (codec worker) → store durably → commit the record. Any failure lea
 
 from __future__ import annotations
 
+import logging
 import uuid
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from imagegate.errors import Unauthorized, Unavailable
 from imagegate.runtime import Runtime
 from imagegate.security.tokens import Identity
 from imagegate.uploader.body import receive_body
+
+log = logging.getLogger("imagegate.uploader")
 
 
 async def ingest(runtime: Runtime, request: Request, owner: Identity, visibility: str) -> Image:
@@ -49,6 +52,17 @@ async def ingest(runtime: Runtime, request: Request, owner: Identity, visibility
     return image
 
 
+async def remove_quietly(runtime: Runtime, image: Image) -> None:
+    """Delete stored bytes whose record is gone (or never came); if storage refuses now, the
+    object is an orphan that start-up reconciliation removes later."""
+    try:
+        await runtime.storage.delete(image.name, public=image.public)
+    except OSError as exc:
+        log.warning(
+            "could not remove %s now (%s); it will be removed as an orphan", image.name, exc
+        )
+
+
 async def _store(runtime: Runtime, image: Image, path: Path) -> None:
     try:
         await runtime.storage.put(
@@ -63,7 +77,7 @@ async def _store(runtime: Runtime, image: Image, path: Path) -> None:
     except BaseException as exc:
         # Bytes first, record second: on any failure (even cancellation) the bytes go too.
         with anyio.CancelScope(shield=True):
-            await runtime.storage.delete(image.name, public=image.public)
+            await remove_quietly(runtime, image)
         if isinstance(exc, IntegrityError):
             raise Unauthorized("account no longer exists") from exc
         raise

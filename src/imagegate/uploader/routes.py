@@ -14,7 +14,7 @@ from imagegate.deps import CurrentIdentity, RuntimeDep, SessionDep
 from imagegate.errors import AppError, NotFound, Unprocessable, error_responses
 from imagegate.serving import image_response
 from imagegate.uploader.formats import ALLOWED, is_image_name
-from imagegate.uploader.pipeline import ingest
+from imagegate.uploader.pipeline import ingest, remove_quietly
 
 router = APIRouter(tags=["images"])
 Visibility = Literal["public", "private"]
@@ -135,7 +135,7 @@ async def delete_image(
     if image is None:
         raise NotFound("no such image")
     await session.commit()
-    await runtime.storage.delete(filename, public=image.public)
+    await remove_quietly(runtime, image)
     return Response(status_code=204)
 
 
