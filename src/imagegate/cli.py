@@ -193,11 +193,10 @@ async def _ensure_demo_user(settings: Settings) -> None:
 
 async def _list_users(settings: Settings) -> None:
     async with _session(settings) as session:
-        for user in await queries.list_users(session):
-            usage = await queries.user_usage(session, user.id)
+        for account in await queries.accounts(session):
             print(
-                f"{user.login}\t{user.id}\t{user.created_at.isoformat()}\t"
-                f"{usage.images} images\t{usage.bytes} bytes"
+                f"{account.login}\t{account.id}\t{account.created_at.isoformat()}\t"
+                f"{account.images} images\t{account.bytes} bytes"
             )
 
 

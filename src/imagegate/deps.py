@@ -15,7 +15,9 @@ from imagegate.runtime import Runtime
 from imagegate.security.tokens import Identity, InvalidToken
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # async on purpose: FastAPI runs a plain ``def`` dependency in a worker thread, a hop that
+    # cost more than the rest of an authenticated request.
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -34,24 +36,30 @@ SessionDep = Annotated[AsyncSession, Depends(get_session)]
 _bearer = HTTPBearer(auto_error=False, description="An access token from POST /v1/token")
 
 
-async def bearer_identity(
+async def token_identity(
     runtime: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Identity:
-    """The identity of a valid ``Authorization: Bearer`` token of an existing account; 401 for
-    anything else. Identity comes only from the signed token, never from headers such as
-    X-User-Id; the account lookup makes a deleted account's tokens stop at once."""
+    """The identity in a valid ``Authorization: Bearer`` token; 401 for anything else. The
+    account may have been deleted since: use :func:`bearer_identity` unless the route's own
+    query fails for a missing account. Identity comes only from the signed token, never from
+    headers such as X-User-Id."""
     if credentials is None or not credentials.credentials.strip():
         raise Unauthorized("missing bearer token")
     try:
-        identity = runtime.verifier.verify(credentials.credentials.strip())
+        return runtime.verifier.verify(credentials.credentials.strip())
     except InvalidToken as exc:
         raise Unauthorized("invalid or expired token") from exc
-    # A session of its own, closed at once: the request's session may live through a long
-    # upload, and must not hold a pooled connection all that time.
-    async with runtime.sessions() as session:
-        if not await queries.user_exists(session, identity.user_id):
-            raise Unauthorized("account no longer exists")
+
+
+TokenIdentity = Annotated[Identity, Depends(token_identity)]
+
+
+async def bearer_identity(runtime: RuntimeDep, identity: TokenIdentity) -> Identity:
+    """The identity of a valid bearer token of an existing account; 401 for anything else.
+    The account lookup makes a deleted account's tokens stop at once."""
+    if not await queries.user_exists(runtime.reads, identity.user_id):
+        raise Unauthorized("account no longer exists")
     return identity
 
 

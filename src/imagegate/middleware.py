@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -14,6 +14,14 @@ from imagegate.metrics import Metrics
 
 access_log = logging.getLogger("imagegate.access")
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def _header(scope: Scope, name: bytes) -> bytes:
+    """The first value of header ``name`` (lower-case), or b"" when absent."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return b""
 
 
 class RequestContext:
@@ -28,8 +36,9 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _REQUEST_ID_RE.fullmatch(incoming) else uuid.uuid4().hex
+        incoming = _header(scope, b"x-request-id").decode("latin-1")
+        # 128 random bits, as a uuid4 has, without building a UUID object per request
+        request_id = incoming if _REQUEST_ID_RE.fullmatch(incoming) else os.urandom(16).hex()
         scope.setdefault("state", {})["request_id"] = request_id
         start = time.perf_counter()
         status = 500
@@ -54,8 +63,7 @@ class RequestContext:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
-            self.metrics.requests.labels(template, method, str(status)).inc()
-            self.metrics.latency.labels(template, method).observe(elapsed)
+            self.metrics.observe_request(template, method, status, elapsed)
             client = scope.get("client") or ("-", 0)
             access_log.info(
                 '%s "%s %s" %d %d %.1fms rid=%s',
@@ -82,8 +90,8 @@ class BodyLimit:
         if scope["type"] != "http" or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+        length = _header(scope, b"content-length")
+        if length and (not length.isdigit() or int(length) > self.max_bytes):
             response = error_response(413, f"request body over {self.max_bytes} bytes")
             await response(scope, receive, send)
             return

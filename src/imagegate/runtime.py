@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from imagegate.db.engine import create_engine, create_sessionmaker
+from imagegate.db.reads import Reader, create_reader
 from imagegate.metrics import Metrics
 from imagegate.security.keys import load_or_create_signing_key, load_public_keys
 from imagegate.security.passwords import Passwords
@@ -40,6 +41,7 @@ class Runtime:
     roles: tuple[Role, ...]
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    reads: Reader
     storage: Storage
     metrics: Metrics
     verifier: TokenVerifier
@@ -85,6 +87,7 @@ class Runtime:
     async def stop(self) -> None:
         if self.codec is not None:
             self.codec.close()
+        await self.reads.close()
         await self.engine.dispose()
         if self._lock is not None:
             self._lock.close()
@@ -138,12 +141,14 @@ def build_runtime(settings: Settings, roles: tuple[Role, ...]) -> Runtime:
     """Wire the components for ``roles``; starts nothing (see :meth:`Runtime.start`)."""
     prepare_data_dir(settings.data_dir)
     private_key, public_keys = _keys(settings, roles)
-    engine = create_engine(settings.effective_database_url, settings.database_pool_size)
+    url = settings.effective_database_url
+    engine = create_engine(url, settings.database_pool_size)
     return Runtime(
         settings=settings,
         roles=roles,
         engine=engine,
         sessions=create_sessionmaker(engine),
+        reads=create_reader(url, engine),
         storage=build_storage(settings),
         metrics=Metrics(),
         verifier=TokenVerifier(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
-from imagegate.db.models import Image
+from imagegate.db.queries import StoredImage
 from imagegate.storage.base import Storage
 
 PUBLIC_CACHE = "public, max-age=31536000, immutable"
@@ -27,7 +27,7 @@ def _etag_matches(if_none_match: str, etag: str) -> bool:
 def image_response(
     request: Request,
     storage: Storage,
-    image: Image,
+    image: StoredImage,
     *,
     public_route: bool,
     accel_prefix: str | None,

@@ -48,3 +48,7 @@ def test_fifty_concurrent_uploads_from_five_users(target: Target) -> None:
             listed = c.get("/v1/images", headers=user.auth, params={"limit": 200}).json()["items"]
             mine = {b["filename"] for o, b in results if o is user}
             assert {i["filename"] for i in listed} == mine
+            # The usage counters are updated by concurrent transactions: none may be lost.
+            info = c.get("/v1/user", headers=user.auth).json()
+            assert info["images"] == len(mine)
+            assert info["bytes"] == sum(int(b["bytes"]) for o, b in results if o is user)

@@ -51,7 +51,8 @@ def test_delete_removes_record_and_bytes(client: httpx.Client, account: Account)
     assert client.delete(f"/v1/images/{name}", headers=account.auth).status_code == 204
     assert client.get(f"/images/{name}").status_code == 404
     assert client.get(f"/v1/user/{name}", headers=account.auth).status_code == 404
-    assert client.get("/v1/user", headers=account.auth).json()["images"] == 0
+    info = client.get("/v1/user", headers=account.auth).json()
+    assert (info["images"], info["bytes"]) == (0, 0)
     assert client.delete(f"/v1/images/{name}", headers=account.auth).status_code == 404
 
 

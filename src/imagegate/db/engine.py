@@ -36,6 +36,10 @@ def sync_url(url: str) -> str:
     return u.render_as_string(hide_password=False)
 
 
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
     cur = dbapi_conn.cursor()
     # WAL lets readers run beside the one writer; FULL makes a commit durable before we answer.
@@ -52,7 +56,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
 def create_engine(url: str, pool_size: int = 20) -> AsyncEngine:
     """An async engine with the pragmas and pool settings each backend needs."""
     url = async_url(url)
-    if url.startswith("sqlite"):
+    if is_sqlite(url):
         engine = create_async_engine(url, pool_size=8, max_overflow=8)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine

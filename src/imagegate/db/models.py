@@ -29,6 +29,10 @@ class User(Base):
     login: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # What the user's images add up to, changed in the same transaction as every insert and
+    # delete of an image (see queries.add_image and queries.delete_image).
+    image_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    image_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Image(Base):

@@ -1,4 +1,5 @@
-"""Queries on users and images. Callers own the session and the transaction."""
+"""Queries on users and images. Callers own the session and the transaction; the hot-path
+point reads take a :class:`~imagegate.db.reads.Reader` instead."""
 
 from __future__ import annotations
 
@@ -8,28 +9,70 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegate.db.models import Image, User
+from imagegate.db.reads import Reader
 
 
 @dataclass(frozen=True)
-class Usage:
+class Account:
+    """A user as shown to them: no password hash, with what their images add up to."""
+
+    id: str
+    login: str
+    created_at: datetime
     images: int
     bytes: int
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """What serving an image needs to know about it."""
+
+    name: str
+    owner_id: str
+    visibility: str
+    content_type: str
+    bytes: int
+    sha256: str
+
+    @property
+    def public(self) -> bool:
+        return self.visibility == "public"
+
+
+# Statements built once: SQLAlchemy caches their compiled form, and the hot path pays only for
+# binding the parameters.
+_ACCOUNTS = select(User.id, User.login, User.created_at, User.image_count, User.image_bytes)
+_ACCOUNT = _ACCOUNTS.where(User.id == bindparam("user_id"))
+_USER_EXISTS = select(User.id).where(User.id == bindparam("user_id"))
+_STORED_IMAGE = select(
+    Image.name, Image.owner_id, Image.visibility, Image.content_type, Image.bytes, Image.sha256
+).where(Image.name == bindparam("name"))
+
+
+def _account(row: tuple[str, str, datetime, int, int]) -> Account:
+    return Account(row[0], row[1], row[2], int(row[3]), int(row[4]))
 
 
 async def user_by_login(session: AsyncSession, login: str) -> User | None:
     return await session.scalar(select(User).where(User.login == login))
 
 
-async def user_by_id(session: AsyncSession, user_id: str) -> User | None:
-    return await session.get(User, user_id)
+async def user_exists(reader: Reader, user_id: str) -> bool:
+    return await reader.first(_USER_EXISTS, user_id=user_id) is not None
 
 
-async def user_exists(session: AsyncSession, user_id: str) -> bool:
-    return await session.scalar(select(User.id).where(User.id == user_id)) is not None
+async def account(reader: Reader, user_id: str) -> Account | None:
+    row = await reader.first(_ACCOUNT, user_id=user_id)
+    return None if row is None else _account(row)
+
+
+async def accounts(session: AsyncSession) -> list[Account]:
+    """Every account, by login."""
+    return [_account(row) for row in await session.execute(_ACCOUNTS.order_by(User.login))]
 
 
 async def set_password_hash(session: AsyncSession, user_id: str, password_hash: str) -> None:
@@ -38,28 +81,14 @@ async def set_password_hash(session: AsyncSession, user_id: str, password_hash: 
     )
 
 
-async def user_usage(session: AsyncSession, user_id: str) -> Usage:
-    row = (
-        await session.execute(
-            select(func.count(Image.name), func.coalesce(func.sum(Image.bytes), 0)).where(
-                Image.owner_id == user_id
-            )
-        )
-    ).one()
-    return Usage(int(row[0]), int(row[1]))
-
-
-async def list_users(session: AsyncSession) -> list[User]:
-    return list(await session.scalars(select(User).order_by(User.login)))
-
-
-async def image_for_viewer(session: AsyncSession, name: str, owner_id: str | None) -> Image | None:
+async def image_for_viewer(reader: Reader, name: str, owner_id: str | None) -> StoredImage | None:
     """The image if this viewer may see it: its owner always, anyone when it is public."""
-    image = await session.get(Image, name)
-    if image is None:
+    row = await reader.first(_STORED_IMAGE, name=name)
+    if row is None:
         return None
+    image = StoredImage(*row)
     if owner_id is None:
-        return image if image.visibility == "public" else None
+        return image if image.public else None
     return image if image.owner_id == owner_id else None
 
 
@@ -97,14 +126,31 @@ async def images_page(
     return rows[:limit], next_cursor
 
 
+async def add_image(session: AsyncSession, image: Image) -> None:
+    """Insert an image record and add it to its owner's usage."""
+    session.add(image)
+    await _count(session, image.owner_id, 1, image.bytes)
+
+
 async def delete_image(session: AsyncSession, name: str, owner_id: str) -> Image | None:
-    """Delete the owner's image record; returns it, or None when there is no such image."""
+    """Delete the owner's image record and take it off their usage; returns it, or None when
+    there is no such image."""
     image = await session.scalar(
         select(Image).where(Image.name == name, Image.owner_id == owner_id).with_for_update()
     )
     if image is not None:
         await session.delete(image)
+        await _count(session, owner_id, -1, -image.bytes)
     return image
+
+
+async def _count(session: AsyncSession, owner_id: str, images: int, size: int) -> None:
+    # Relative updates: concurrent uploads of one user serialize on the row, none is lost.
+    await session.execute(
+        update(User)
+        .where(User.id == owner_id)
+        .values(image_count=User.image_count + images, image_bytes=User.image_bytes + size)
+    )
 
 
 async def images_of(session: AsyncSession, owner_id: str) -> list[Image]:

@@ -12,7 +12,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from imagegate.db import queries
-from imagegate.deps import CurrentIdentity, RuntimeDep, SessionDep, client_address
+from imagegate.deps import (
+    CurrentIdentity,
+    RuntimeDep,
+    SessionDep,
+    TokenIdentity,
+    client_address,
+)
 from imagegate.errors import (
     AppError,
     BadRequest,
@@ -167,17 +173,17 @@ async def login(request: Request, runtime: RuntimeDep, session: SessionDep) -> R
     summary="The caller's account",
     responses=error_responses(401),
 )
-async def me(identity: CurrentIdentity, session: SessionDep) -> UserInfo:
-    user = await queries.user_by_id(session, identity.user_id)
-    if user is None:
+async def me(identity: TokenIdentity, runtime: RuntimeDep) -> UserInfo:
+    # The account query is the existence check: a deleted account's token gets a 401 here too.
+    account = await queries.account(runtime.reads, identity.user_id)
+    if account is None:
         raise Unauthorized("account no longer exists")
-    usage = await queries.user_usage(session, user.id)
     return UserInfo(
-        id=user.id,
-        login=user.login,
-        created_at=user.created_at,
-        images=usage.images,
-        bytes=usage.bytes,
+        id=account.id,
+        login=account.login,
+        created_at=account.created_at,
+        images=account.images,
+        bytes=account.bytes,
     )
 
 

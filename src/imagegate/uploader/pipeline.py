@@ -11,6 +11,7 @@ import anyio
 from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
 
+from imagegate.db import queries
 from imagegate.db.models import Image
 from imagegate.db.types import utcnow
 from imagegate.errors import Unauthorized, Unavailable
@@ -72,7 +73,7 @@ async def _store(runtime: Runtime, image: Image, path: Path) -> None:
         raise Unavailable("image storage is unavailable; try again later") from exc
     try:
         async with runtime.sessions() as session:
-            session.add(image)
+            await queries.add_image(session, image)
             await session.commit()
     except BaseException as exc:
         # Bytes first, record second: on any failure (even cancellation) the bytes go too.

@@ -140,14 +140,13 @@ async def delete_image(
 
 
 async def _serve(
-    request: Request, runtime: RuntimeDep, session: SessionDep, filename: str, owner_id: str | None
+    request: Request, runtime: RuntimeDep, filename: str, owner_id: str | None
 ) -> Response:
     """The image if this viewer may see it (its owner, or anyone when public and asked for on
     the public route), else 404 — checked by name before any lookup."""
     if not is_image_name(filename):
         raise NotFound("no such image")
-    image = await queries.image_for_viewer(session, filename, owner_id=owner_id)
-    await session.close()  # don't hold a pooled connection while the bytes stream out
+    image = await queries.image_for_viewer(runtime.reads, filename, owner_id=owner_id)
     if image is None:
         raise NotFound("no such image")
     return image_response(
@@ -166,10 +165,8 @@ async def _serve(
     response_class=Response,
     responses={**IMAGE_CONTENT, **error_responses(404)},
 )
-async def public_image(
-    filename: str, request: Request, runtime: RuntimeDep, session: SessionDep
-) -> Response:
-    return await _serve(request, runtime, session, filename, owner_id=None)
+async def public_image(filename: str, request: Request, runtime: RuntimeDep) -> Response:
+    return await _serve(request, runtime, filename, owner_id=None)
 
 
 @router.api_route(
@@ -184,6 +181,5 @@ async def own_image(
     request: Request,
     identity: CurrentIdentity,
     runtime: RuntimeDep,
-    session: SessionDep,
 ) -> Response:
-    return await _serve(request, runtime, session, filename, owner_id=identity.user_id)
+    return await _serve(request, runtime, filename, owner_id=identity.user_id)
