@@ -255,7 +255,6 @@ def stack_module():  # type: ignore[no-untyped-def]
 
 
 BENCH_NGINX = """
-load_module {modules}/ngx_http_js_module.so;
 {user}
 worker_processes auto;
 pid {run}/nginx.pid;
@@ -267,8 +266,7 @@ http {{
     fastcgi_temp_path {run}/fcgi; uwsgi_temp_path {run}/uwsgi; scgi_temp_path {run}/scgi;
     access_log {run}/access.log;
     map $http_x_request_id $req_id {{ default $request_id; }}
-    js_import auth_key from {conf_cache}/auth_key.js;
-    js_set $auth_key auth_key.key;
+    include {conf_cache}/auth-key.conf;
     proxy_cache_path {run}/auth-cache levels=1:2 keys_zone=auth:10m inactive=60s use_temp_path=off;
     upstream security {{ {security} keepalive 32; }}
     upstream trivial {{ server 127.0.0.1:{trivial}; keepalive 32; }}
@@ -331,7 +329,6 @@ def baseline_nginx(work: Path, static_files: dict[str, bytes]) -> Iterator[dict[
     conf_file = work / "nginx.conf"
     conf_file.write_text(
         BENCH_NGINX.format(
-            modules=stack.nginx_modules_dir(),
             user=user,
             run=run_dir,
             conf_cache=confs["cache"],

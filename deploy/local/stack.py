@@ -72,13 +72,9 @@ def apt_install(*packages: str) -> None:
     run(["apt-get", "install", "-y", "-qq", *packages], env=env, stdout=subprocess.DEVNULL)
 
 
-def nginx_modules_dir() -> Path:
-    return Path("/usr/lib/nginx/modules")
-
-
 def ensure_nginx() -> str:
-    if not shutil.which("nginx") or not (nginx_modules_dir() / "ngx_http_js_module.so").exists():
-        apt_install("nginx-light", "libnginx-mod-http-js")
+    if not shutil.which("nginx"):
+        apt_install("nginx-light")
     return shutil.which("nginx") or sys.exit("stack: nginx not found after install")
 
 
@@ -411,6 +407,7 @@ def render(template: Path, values: dict[str, str]) -> str:
 def prepare_gateway() -> None:
     conf, prefix = nginx_paths()
     conf_dir, run_dir, log_dir = conf.parent, prefix / "run", STATE / "logs"
+    shutil.rmtree(conf_dir, ignore_errors=True)  # rendered afresh: no file of an older layout
     for d in (conf_dir, run_dir, log_dir):
         d.mkdir(parents=True, exist_ok=True)
     from imagegate.tls import ensure_self_signed
@@ -432,7 +429,6 @@ def prepare_gateway() -> None:
             run(["chown", "-R", "www-data", str(d)])
     servers = "server 127.0.0.1:{} max_fails=1 fail_timeout=3s;"
     values = {
-        "NGINX_MODULES_DIR": str(nginx_modules_dir()),
         "NGINX_USER_DIRECTIVE": user_directive,
         "RUNTIME_DIR": str(run_dir),
         "LOG_DIR": str(log_dir),

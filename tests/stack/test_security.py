@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import random
 import subprocess
@@ -60,6 +62,26 @@ def test_seed_hs256_token_is_rejected_at_the_gateway(stack: Stack) -> None:
             assert r.status_code == 401
             assert r.json()["error"]
             assert r.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_a_forged_token_borrowing_a_cached_signature_is_refused(stack: Stack) -> None:
+    """The gateway's verdict cache is keyed by the token's signature alone; the services check
+    the whole token, so a forged payload under a cached signature still gets a 401."""
+    with stack.client() as c:
+        victim, attacker = register_and_login(c), register_and_login(c)
+        token = victim.auth["Authorization"].removeprefix("Bearer ")
+        header, payload, signature = token.split(".")
+        assert c.get("/v1/images", headers=victim.auth).status_code == 200  # now cached
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        claims.update(sub=attacker.id, login=attacker.login)
+        forged_payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=")
+        forged = {"Authorization": f"Bearer {header}.{forged_payload.decode()}.{signature}"}
+        for method, path in (("GET", "/v1/user"), ("GET", "/v1/images"), ("POST", "/v1/upload")):
+            content = images.jpeg(32, 32) if method == "POST" else None
+            r = c.request(method, path, headers=forged, content=content)
+            assert r.status_code == 401, (path, r.text)
+            assert r.json()["error"]
+        assert c.get("/v1/images", headers=victim.auth).status_code == 200
 
 
 def test_deleted_accounts_token_stops_working_within_the_cache_time(stack: Stack) -> None:
