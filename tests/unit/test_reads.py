@@ -8,13 +8,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import OperationalError
 
 from imagegate.db import queries
 from imagegate.db.engine import create_engine, create_sessionmaker
 from imagegate.db.migrate import upgrade
 from imagegate.db.models import Image, User
-from imagegate.db.reads import EngineReader, LoopThreadReader
+from imagegate.db.reads import EngineReader, LoopThreadReader, create_reader
 
 CREATED = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
@@ -98,8 +98,20 @@ async def test_loop_thread_reader_never_writes_and_reports_errors_as_database_er
     finally:
         await reader.close()
     missing = LoopThreadReader(f"sqlite:///{tmp_path / 'no' / 'such.db'}")
-    with pytest.raises(DBAPIError):  # mapped to 503 by the app's handler
+    with pytest.raises(OperationalError):  # mapped to 503 by the app's handler
         await queries.user_exists(missing, "x")
+
+
+async def test_file_databases_read_on_the_loop_thread_in_memory_ones_through_the_engine(
+    url: str,
+) -> None:
+    engine = create_engine(url)
+    try:
+        assert isinstance(create_reader(url, engine), LoopThreadReader)
+        assert isinstance(create_reader("sqlite://", engine), EngineReader)
+        assert isinstance(create_reader("postgresql://u@h/db", engine), EngineReader)
+    finally:
+        await engine.dispose()
 
 
 async def test_delete_takes_the_image_off_the_usage(url: str) -> None:

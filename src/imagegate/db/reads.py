@@ -82,9 +82,8 @@ class LoopThreadReader:
     BUSY_TIMEOUT_SECONDS = 0.25
 
     def __init__(self, url: str) -> None:
-        database = make_url(sync_url(url)).database
+        self._database = make_url(sync_url(url)).database or ""
         self._dialect = SQLiteDialect_pysqlite()
-        self._database = database or ":memory:"
         self._conn: sqlite3.Connection | None = None
         self._prepared: dict[object, _Prepared] = {}
 
@@ -133,5 +132,8 @@ class EngineReader:
 
 
 def create_reader(url: str, engine: AsyncEngine) -> Reader:
-    """The reader for ``url``'s backend; ``engine`` is the app's async engine for it."""
-    return LoopThreadReader(url) if is_sqlite(url) else EngineReader(engine)
+    """The reader for ``url``'s backend; ``engine`` is the app's async engine for it. An
+    in-memory SQLite database exists only in the engine's own connection: it reads through it."""
+    if is_sqlite(url) and make_url(url).database not in (None, "", ":memory:"):
+        return LoopThreadReader(url)
+    return EngineReader(engine)
