@@ -56,6 +56,23 @@ def test_openapi_describes_every_route(client: httpx.Client) -> None:
     assert client.get("/docs").status_code == 200
 
 
+def test_openapi_marks_bearer_routes(client: httpx.Client) -> None:
+    doc = client.get("/openapi.json").json()
+    assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    bearer = [{"HTTPBearer": []}]
+    for path, method in [
+        ("/v1/user", "get"),
+        ("/v1/token/validation", "get"),
+        ("/v1/upload", "post"),
+        ("/v1/images", "get"),
+        ("/v1/images/{filename}", "delete"),
+        ("/v1/user/{filename}", "get"),
+    ]:
+        assert doc["paths"][path][method].get("security") == bearer, (method, path)
+    for path, method in [("/v1/token", "post"), ("/images/{filename}", "get")]:
+        assert "security" not in doc["paths"][path][method], (method, path)
+
+
 def test_errors_are_json(client: httpx.Client) -> None:
     r = client.get("/no/such/route")
     assert r.status_code == 404

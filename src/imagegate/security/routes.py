@@ -18,6 +18,7 @@ from imagegate.deps import (
     SessionDep,
     TokenIdentity,
     client_address,
+    runtime_of,
 )
 from imagegate.errors import (
     AppError,
@@ -173,7 +174,8 @@ async def login(request: Request, runtime: RuntimeDep, session: SessionDep) -> R
     summary="The caller's account",
     responses=error_responses(401),
 )
-async def me(identity: TokenIdentity, runtime: RuntimeDep) -> Response:
+async def me(identity: TokenIdentity, request: Request) -> Response:
+    runtime = runtime_of(request)
     # The account query is the existence check: a deleted account's token gets a 401 here too.
     account = await queries.account(runtime.reads, identity.user_id)
     if account is None:
