@@ -280,7 +280,8 @@ http {{
     proxy_cache_path {run}/auth-cache levels=1:2 keys_zone=auth:10m inactive=60s use_temp_path=off;
     upstream security {{ {security} keepalive 32; }}
     upstream trivial {{ server 127.0.0.1:{trivial}; keepalive 32; }}
-    server {{ listen 127.0.0.1:{trivial} reuseport; access_log off; location / {{ return 200 'ok'; }} }}
+    server {{ listen 127.0.0.1:{trivial} reuseport; access_log off;
+              location / {{ return 200 'ok'; }} }}
     server {{ listen 127.0.0.1:{static} reuseport; root {static_dir}; }}
     server {{
         listen 127.0.0.1:{proxy} reuseport;

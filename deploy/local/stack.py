@@ -439,7 +439,8 @@ def prepare_gateway() -> None:
         "MINIO_HOST": f"127.0.0.1:{MINIO_PORT}",
         "S3_BUCKET": BUCKET,
         "PLAIN_HTTP_SERVER": (
-            f"server {{ listen 127.0.0.1:{PLAIN_PORT} reuseport; include {conf_dir}/imagegate-routes.conf; }}"
+            f"server {{ listen 127.0.0.1:{PLAIN_PORT} reuseport; "
+            f"include {conf_dir}/imagegate-routes.conf; }}"
         ),
         "HTTP_LISTEN": f"127.0.0.1:{REDIRECT_PORT}",
         "HTTPS_LISTEN": f"127.0.0.1:{HTTPS_PORT}",
