@@ -175,6 +175,7 @@ async def login(request: Request, runtime: RuntimeDep, session: SessionDep) -> R
     responses=error_responses(401),
 )
 async def me(identity: TokenIdentity, request: Request) -> Response:
+    # The runtime from the request, not RuntimeDep: one dependency fewer on the hottest route.
     runtime = runtime_of(request)
     # The account query is the existence check: a deleted account's token gets a 401 here too.
     account = await queries.account(runtime.reads, identity.user_id)
