@@ -79,6 +79,7 @@ class Runtime:
             workers=s.codec_workers,
             queue=s.codec_queue,
             timeout=s.codec_timeout_seconds,
+            cache_mib=s.codec_cache_mib,
             limits=Limits(s.image_max_pixels, s.image_max_side, s.image_max_frames),
             quality=Quality(s.jpeg_quality, s.webp_quality, s.avif_quality),
         )

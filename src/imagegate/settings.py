@@ -97,6 +97,12 @@ class Settings(BaseSettings):
         64, ge=0, description="Uploads that may wait for a codec worker (each waits on disk)."
     )
     codec_timeout_seconds: float = Field(60.0, gt=0)
+    codec_cache_mib: int = Field(
+        64,
+        ge=0,
+        le=4096,
+        description="Freed bitmap memory each codec worker keeps for its next image.",
+    )
     jpeg_quality: int = Field(80, ge=1, le=100)
     webp_quality: int = Field(79, ge=1, le=100)
     avif_quality: int = Field(63, ge=1, le=100)

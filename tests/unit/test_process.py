@@ -9,7 +9,14 @@ import pytest
 from PIL import Image
 
 from imagegate.uploader.formats import AVIF, GIF, JPEG, PNG, WEBP, is_image_name, sniff
-from imagegate.uploader.process import ImageRejected, Limits, Processed, Quality, process_image
+from imagegate.uploader.process import (
+    ImageRejected,
+    Limits,
+    Processed,
+    Quality,
+    init_worker,
+    process_image,
+)
 from tests.support import images
 
 LIMITS = Limits(max_pixels=50_000_000, max_side=10_000, max_frames=900)
@@ -94,3 +101,16 @@ def test_rejection_survives_pickling() -> None:
 
     err = pickle.loads(pickle.dumps(ImageRejected(422, "bad")))
     assert (err.status, err.message) == (422, "bad")
+
+
+@pytest.mark.parametrize(("cache_mib", "blocks"), [(0, 0), (64, 4), (100, 6)])
+def test_worker_keeps_a_bounded_block_cache(cache_mib: int, blocks: int) -> None:
+    """Freed bitmap blocks are kept for the next image, up to the configured memory."""
+    saved = Image.core.get_blocks_max(), Image.MAX_IMAGE_PIXELS
+    try:
+        init_worker(LIMITS, cache_mib)
+        assert Image.core.get_blocks_max() == blocks
+        assert LIMITS.max_pixels == Image.MAX_IMAGE_PIXELS
+    finally:
+        Image.core.set_blocks_max(saved[0])
+        Image.MAX_IMAGE_PIXELS = saved[1]

@@ -28,7 +28,13 @@ from imagegate.uploader.process import (
 
 class CodecPool:
     def __init__(
-        self, workers: int, queue: int, timeout: float, limits: Limits, quality: Quality
+        self,
+        workers: int,
+        queue: int,
+        timeout: float,
+        limits: Limits,
+        quality: Quality,
+        cache_mib: int = 0,
     ) -> None:
         self._workers = workers
         self._capacity = workers + queue
@@ -40,7 +46,7 @@ class CodecPool:
         self._pool: Any = ProcessPool(  # pebble ships no type hints
             max_workers=workers,
             initializer=init_worker,
-            initargs=(limits,),
+            initargs=(limits, cache_mib),
             context=multiprocessing.get_context("forkserver"),
         )
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import GifImagePlugin, Image, ImageOps, ImageSequence, UnidentifiedImageError
+from PIL import _imaging as pillow_core
 
 from imagegate.uploader.formats import (
     ALLOWED_NAMES,
@@ -199,11 +200,15 @@ def process_image(src: str, dst: str, limits: Limits, quality: Quality) -> Proce
     )
 
 
-def init_worker(limits: Limits) -> None:
-    """Once per worker process: plugins registered, and Pillow's own decompression-bomb guard
-    set to our limit (a second line of defence behind the header check)."""
+def init_worker(limits: Limits, cache_mib: int = 0) -> None:
+    """Once per worker process: plugins registered, Pillow's own decompression-bomb guard set to
+    our limit (a second line of defence behind the header check), and its block cache sized."""
     Image.init()
     Image.MAX_IMAGE_PIXELS = limits.max_pixels
+    # Without a cache every bitmap is fresh memory from the kernel: a 12 MP image costs ~12,000
+    # page faults, 9 % of its processing time (docs/performance.md). Freed blocks kept for the
+    # next image cost no more at peak, only idle memory after the first upload.
+    pillow_core.set_blocks_max(cache_mib * 2**20 // pillow_core.get_block_size())
 
 
 def warm_up() -> int:

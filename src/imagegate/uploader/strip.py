@@ -17,7 +17,7 @@ _JPEG_KEEP_APP = {0xE0, 0xEE}
 def strip_jpeg(data: bytes) -> bytes | None:
     if not data.startswith(b"\xff\xd8"):
         return None
-    out = [b"\xff\xd8"]
+    out: list[bytes | memoryview] = [b"\xff\xd8"]
     pos = 2
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
@@ -32,7 +32,8 @@ def strip_jpeg(data: bytes) -> bytes | None:
             end = data.find(b"\xff\xd9", pos + 2 + length)
             if end < 0:
                 return None
-            out.append(data[pos : end + 2])
+            # A view, not a slice: the scan data is nearly the whole file, copied once by join.
+            out.append(memoryview(data)[pos : end + 2])
             return b"".join(out)
         is_app = 0xE0 <= marker <= 0xEF
         keep_icc = marker == 0xE2 and segment[4:16] == b"ICC_PROFILE\x00"
