@@ -26,7 +26,6 @@ from imagegate.storage.local import LocalStorage
 from imagegate.storage.reconcile import remove_orphans
 from imagegate.storage.s3 import S3Storage
 from imagegate.uploader.pool import CodecPool
-from imagegate.uploader.process import Limits, Quality
 
 log = logging.getLogger("imagegate")
 
@@ -74,15 +73,7 @@ class Runtime:
                 await remove_orphans(self.storage, self.sessions, older_than=time.time() - grace)
             except OSError as exc:
                 log.warning("storage unavailable at start; orphans not checked: %s", exc)
-        s = self.settings
-        self.codec = CodecPool(
-            workers=s.codec_workers,
-            queue=s.codec_queue,
-            timeout=s.codec_timeout_seconds,
-            cache_mib=s.codec_cache_mib,
-            limits=Limits(s.image_max_pixels, s.image_max_side, s.image_max_frames),
-            quality=Quality(s.jpeg_quality, s.webp_quality, s.avif_quality),
-        )
+        self.codec = CodecPool.from_settings(self.settings)
         await self.codec.warm()
 
     async def stop(self) -> None:

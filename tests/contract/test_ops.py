@@ -73,6 +73,14 @@ def test_openapi_marks_bearer_routes(client: httpx.Client) -> None:
         assert "security" not in doc["paths"][path][method], (method, path)
 
 
+def test_openapi_operation_ids_are_unique(client: httpx.Client) -> None:
+    """Client generators name methods after operation ids: GET and HEAD must not share one."""
+    paths = client.get("/openapi.json").json()["paths"]
+    ids = [op["operationId"] for item in paths.values() for op in item.values()]
+    assert len(ids) == len(set(ids)), sorted(ids)
+    assert "head" in paths["/images/{filename}"] and "head" in paths["/v1/user/{filename}"]
+
+
 def test_errors_are_json(client: httpx.Client) -> None:
     r = client.get("/no/such/route")
     assert r.status_code == 404

@@ -15,6 +15,7 @@ from typing import Any
 from pebble import ProcessExpired, ProcessPool
 
 from imagegate.errors import AppError, Unavailable, Unprocessable
+from imagegate.settings import Settings
 from imagegate.uploader.process import (
     ImageRejected,
     Limits,
@@ -48,6 +49,18 @@ class CodecPool:
             initializer=init_worker,
             initargs=(limits, cache_mib),
             context=multiprocessing.get_context("forkserver"),
+        )
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> CodecPool:
+        """The pool ``s`` describes: worker count, queue, limits, quality, block cache."""
+        return cls(
+            workers=s.codec_workers,
+            queue=s.codec_queue,
+            timeout=s.codec_timeout_seconds,
+            limits=Limits(s.image_max_pixels, s.image_max_side, s.image_max_frames),
+            quality=Quality(s.jpeg_quality, s.webp_quality, s.avif_quality),
+            cache_mib=s.codec_cache_mib,
         )
 
     async def warm(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -17,6 +18,7 @@ from imagegate.uploader.formats import ALLOWED, is_image_name
 from imagegate.uploader.pipeline import ingest, remove_quietly
 
 router = APIRouter(tags=["images"])
+Endpoint = Callable[..., Awaitable[Response]]
 Visibility = Literal["public", "private"]
 IMAGE_CONTENT: dict[int | str, dict[str, Any]] = {
     200: {
@@ -158,9 +160,20 @@ async def _serve(
     )
 
 
-@router.api_route(
+def _get_and_head(path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
+    """GET and HEAD as two routes: one route with both methods gives both one operation id
+    (FastAPI warns, and which method's name wins varies from run to run)."""
+
+    def register(endpoint: Endpoint) -> Endpoint:
+        for method in ("GET", "HEAD"):
+            router.add_api_route(path, endpoint, methods=[method], **options)
+        return endpoint
+
+    return register
+
+
+@_get_and_head(
     "/images/{filename}",
-    methods=["GET", "HEAD"],
     summary="A public image",
     response_class=Response,
     responses={**IMAGE_CONTENT, **error_responses(404)},
@@ -169,9 +182,8 @@ async def public_image(filename: str, request: Request, runtime: RuntimeDep) -> 
     return await _serve(request, runtime, filename, owner_id=None)
 
 
-@router.api_route(
+@_get_and_head(
     "/v1/user/{filename}",
-    methods=["GET", "HEAD"],
     summary="One of the caller's images, public or private",
     response_class=Response,
     responses={**IMAGE_CONTENT, **error_responses(401, 404)},
