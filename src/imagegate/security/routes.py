@@ -177,9 +177,9 @@ async def login(request: Request, runtime: RuntimeDep, session: SessionDep) -> R
 )
 async def me(request: Request) -> Response:
     # No dependencies on the hottest route: FastAPI's solving of them cost more than the work.
-    # The account query is the existence check: a deleted account's token gets a 401 here too.
     identity = await authenticate(request, account_check=False)
     runtime = runtime_of(request)
+    # The account query is the existence check: a deleted account's token gets a 401 here too.
     account = await queries.account(runtime.reads, identity.user_id)
     if account is None:
         raise Unauthorized("account no longer exists")

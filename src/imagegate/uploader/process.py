@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import GifImagePlugin, Image, ImageOps, ImageSequence, UnidentifiedImageError
-from PIL import _imaging as pillow_core
+from PIL import _imaging as pillow_core  # PIL.Image.core: the block allocator's settings
 
 from imagegate.uploader.formats import (
     ALLOWED_NAMES,
