@@ -13,10 +13,15 @@ REVALIDATE_SECONDS = 10
 
 
 def _cache_status(stack: Stack, request_id: str) -> str:
-    for line in (stack.state_dir / "logs" / "access.log").read_text().splitlines()[::-1]:
-        if f"rid={request_id} " in line:
-            return line.rsplit("cache=", 1)[1].strip()
-    raise AssertionError(f"no access-log line for {request_id}")
+    # NGINX writes the line after the last byte has gone out, so the client can get here first.
+    deadline = time.monotonic() + 5
+    while True:
+        for line in (stack.state_dir / "logs" / "access.log").read_text().splitlines()[::-1]:
+            if f"rid={request_id} " in line:
+                return line.rsplit("cache=", 1)[1].strip()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no access-log line for {request_id}")
+        time.sleep(0.05)
 
 
 def test_public_images_are_cached_and_deletions_reach_the_cache(stack: Stack) -> None:
