@@ -83,12 +83,13 @@ class Bench:
 
     # --- wrk ---------------------------------------------------------------------------
 
-    def alternating(self, *runs: Callable[[int], float], rounds: int = 3) -> list[float]:
+    def alternating(self, *runs: Callable[[int], float]) -> list[float]:
         """The median of each run, measured in turns (a, b, a, b, ...): on a shared machine, a
-        ratio of two numbers taken seconds apart in one block each mostly measures the noise."""
+        ratio of two numbers taken seconds apart in one block each mostly measures the noise.
+        Three rounds; one with --quick, which is a smoke test and must stay under 3 minutes."""
         seconds = max(2, self.duration // 2)
         samples: list[list[float]] = [[] for _ in runs]
-        for _ in range(rounds):
+        for _ in range(1 if self.quick else 3):
             for run, got in zip(runs, samples, strict=True):
                 got.append(run(seconds))
         return [statistics.median(got) for got in samples]
