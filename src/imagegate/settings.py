@@ -101,7 +101,8 @@ class Settings(BaseSettings):
         64,
         ge=0,
         le=4096,
-        description="Freed bitmap memory each codec worker keeps for its next image.",
+        description="Freed bitmap memory each codec worker keeps for its next image "
+        "(whole 16 MiB blocks of Pillow's allocator; 0 = none).",
     )
     jpeg_quality: int = Field(80, ge=1, le=100)
     webp_quality: int = Field(79, ge=1, le=100)

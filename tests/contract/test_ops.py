@@ -67,9 +67,14 @@ def test_openapi_marks_bearer_routes(client: httpx.Client) -> None:
         ("/v1/images", "get"),
         ("/v1/images/{filename}", "delete"),
         ("/v1/user/{filename}", "get"),
+        ("/v1/user/{filename}", "head"),
     ]:
         assert doc["paths"][path][method].get("security") == bearer, (method, path)
-    for path, method in [("/v1/token", "post"), ("/images/{filename}", "get")]:
+    for path, method in [
+        ("/v1/token", "post"),
+        ("/images/{filename}", "get"),
+        ("/images/{filename}", "head"),
+    ]:
         assert "security" not in doc["paths"][path][method], (method, path)
 
 

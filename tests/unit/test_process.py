@@ -103,9 +103,11 @@ def test_rejection_survives_pickling() -> None:
     assert (err.status, err.message) == (422, "bad")
 
 
-@pytest.mark.parametrize(("cache_mib", "blocks"), [(0, 0), (64, 4), (100, 6)])
+@pytest.mark.parametrize(("cache_mib", "blocks"), [(0, 0), (64, 4), (100, 6), (15, 0)])
 def test_worker_keeps_a_bounded_block_cache(cache_mib: int, blocks: int) -> None:
-    """Freed bitmap blocks are kept for the next image, up to the configured memory."""
+    """Freed bitmap blocks are kept for the next image, up to the configured memory (in whole
+    blocks of Pillow's default 16 MiB)."""
+    assert Image.core.get_block_size() == 16 * 2**20, "PILLOW_BLOCK_SIZE is set"
     saved = Image.core.get_blocks_max(), Image.MAX_IMAGE_PIXELS
     try:
         init_worker(LIMITS, cache_mib)

@@ -176,7 +176,7 @@ async def login(request: Request, runtime: RuntimeDep, session: SessionDep) -> R
     openapi_extra=BEARER_REQUIRED,
 )
 async def me(request: Request) -> Response:
-    # No dependencies on the hottest route: FastAPI's solving of them cost more than the work.
+    # No dependencies on the hottest route: solving one cost FastAPI 9 µs of 82 (in process).
     identity = await authenticate(request, account_check=False)
     runtime = runtime_of(request)
     # The account query is the existence check: a deleted account's token gets a 401 here too.

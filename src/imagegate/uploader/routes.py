@@ -162,7 +162,8 @@ async def _serve(
 
 def _get_and_head(path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
     """GET and HEAD as two routes: one route with both methods gives both one operation id
-    (FastAPI warns, and which method's name wins varies from run to run)."""
+    (FastAPI warns, and which method's name wins varies from run to run). A 405 for another
+    method lists the first route's method (GET) in ``Allow``."""
 
     def register(endpoint: Endpoint) -> Endpoint:
         for method in ("GET", "HEAD"):
