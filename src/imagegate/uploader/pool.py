@@ -35,7 +35,7 @@ class CodecPool:
         timeout: float,
         limits: Limits,
         quality: Quality,
-        cache_mib: int = 0,
+        cache_mib: int,
     ) -> None:
         self._workers = workers
         self._capacity = workers + queue

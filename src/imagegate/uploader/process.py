@@ -200,7 +200,7 @@ def process_image(src: str, dst: str, limits: Limits, quality: Quality) -> Proce
     )
 
 
-def init_worker(limits: Limits, cache_mib: int = 0) -> None:
+def init_worker(limits: Limits, cache_mib: int) -> None:
     """Once per worker process: plugins registered, Pillow's own decompression-bomb guard set to
     our limit (a second line of defence behind the header check), and its block cache sized."""
     Image.init()
