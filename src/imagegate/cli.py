@@ -13,9 +13,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from imagegate import server
 from imagegate.app import create_app
 from imagegate.db import queries
 from imagegate.db.engine import create_engine, create_sessionmaker
@@ -230,18 +230,7 @@ def _serve(settings: Settings, role: Role | None) -> None:
     app = create_app(settings, roles)
     scheme = "https" if ssl else "http"
     log.info("imagegate %s on %s://%s:%d", "+".join(roles), scheme, settings.host, settings.port)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        proxy_headers=bool(settings.trusted_proxies),
-        forwarded_allow_ips=settings.trusted_proxies or None,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
-        **ssl,
-    )
+    server.run(app, settings, ssl)
 
 
 def main(argv: list[str] | None = None) -> None:

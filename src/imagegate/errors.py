@@ -57,6 +57,10 @@ class PayloadTooLarge(AppError):
     status = 413
 
 
+class RequestTimeout(AppError):
+    status = 408
+
+
 class UnsupportedMediaType(AppError):
     status = 415
 
@@ -70,6 +74,17 @@ class TooManyRequests(AppError):
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message, headers={"Retry-After": str(max(1, retry_after))})
+
+
+class HeadersTooLarge(AppError):
+    status = 431
+
+
+class InsufficientStorage(AppError):
+    status = 507
+
+    def __init__(self, message: str = "the server is out of disk space; try again later") -> None:
+        super().__init__(message, headers={"Retry-After": "60"})
 
 
 class Unavailable(AppError):
@@ -90,11 +105,14 @@ _DESCRIPTIONS = {
     401: "Missing, invalid or expired bearer token, or wrong credentials",
     404: "No such resource (or not yours)",
     409: "Conflict",
+    408: "The request body stalled",
     413: "Body over the size limit",
     415: "Not an accepted image type",
     422: "Invalid input",
     429: "Too many failed logins; see Retry-After",
+    431: "Request headers too large or too many",
     503: "Temporarily unavailable; see Retry-After",
+    507: "The server is out of disk space",
 }
 
 

@@ -34,6 +34,27 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(30.0, gt=0)
     json_body_max_bytes: int = Field(64 * 1024, gt=0)
 
+    # Connection limits (embedded mode's own; in production NGINX enforces its equivalents)
+    http_max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="Request line and headers together; over it: 431."
+    )
+    http_max_headers: int = Field(100, ge=8, description="Header lines a request may have (431).")
+    http_header_timeout_seconds: float = Field(
+        60.0, gt=0, description="Time to receive a request's headers (then the connection closes)."
+    )
+    http_body_timeout_seconds: float = Field(
+        60.0, gt=0, description="Longest pause between two parts of a request body (408)."
+    )
+    http_keepalive_timeout_seconds: float = Field(
+        5.0, gt=0, description="Idle keep-alive connections close after this."
+    )
+    http_keepalive_requests: int = Field(
+        1000, ge=1, description="Requests served on one connection before it is closed."
+    )
+    http_max_connections: int = Field(
+        1000, ge=1, description="Open connections; more are answered 503 at once."
+    )
+
     # Database and storage
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default: SQLite file in the data dir."
@@ -86,6 +107,7 @@ class Settings(BaseSettings):
     login_window_seconds: int = Field(300, gt=0)
     login_lockout_seconds: int = Field(60, gt=0)
     login_lockout_max_seconds: int = Field(900, gt=0)
+    # (issue: throttle under concurrency and device trust — settings added here)
 
     # Uploads
     upload_max_bytes: int = Field(40 * MIB, gt=0)
@@ -96,7 +118,33 @@ class Settings(BaseSettings):
     codec_queue: int = Field(
         64, ge=0, description="Uploads that may wait for a codec worker (each waits on disk)."
     )
-    codec_timeout_seconds: float = Field(60.0, gt=0)
+    codec_timeout_seconds: float = Field(
+        60.0, gt=0, description="Ceiling of the per-image processing budget."
+    )
+    codec_seconds_per_megapixel: float = Field(
+        1.0, gt=0, description="Processing budget per megapixel (all frames), up to the ceiling."
+    )
+    codec_min_seconds: float = Field(
+        5.0, gt=0, description="Processing budget of the smallest image."
+    )
+    codec_memory_mib: int = Field(
+        2048, ge=256, description="Hard address-space ceiling of each codec worker (RLIMIT_AS)."
+    )
+    codec_recycle_mib: int = Field(
+        512, ge=64, description="A worker whose memory grew past this after a job is replaced."
+    )
+    codec_account_workers: int | None = Field(
+        None,
+        ge=1,
+        description="Uploads of one account processed at once (default: half the "
+        "workers, at least 1).",
+    )
+    codec_account_queue: int = Field(
+        4, ge=0, description="Uploads of one account that may wait for a worker."
+    )
+    image_max_scans: int = Field(
+        100, ge=1, description="Scans of a progressive JPEG (each one is a full decoding pass)."
+    )
     codec_cache_mib: int = Field(
         64,
         ge=0,
