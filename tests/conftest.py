@@ -23,6 +23,7 @@ class Target:
     base_url: str
     data_dir: Path | None
     verify: bool | ssl.SSLContext = True
+    pid: int | None = None  # the server process, when we started it
 
     def client(self, **kwargs: object) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, verify=self.verify, timeout=60, **kwargs)
@@ -48,7 +49,8 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         yield Target(url.rstrip("/"), None, verify)
         return
     server = ServerProcess(tmp_path_factory.mktemp("contract") / "data").start()
-    yield Target(server.base_url, server.data_dir)
+    assert server.process is not None
+    yield Target(server.base_url, server.data_dir, pid=server.process.pid)
     server.stop()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
@@ -47,17 +46,6 @@ def test_image_names_are_strict() -> None:
     assert is_image_name("21f2e729-7af7-4607-b6ca-c313b27985ae.jpg")
     assert not is_image_name("21f2e729-7af7-4607-b6ca-c313b27985ae.jpeg")
     assert not is_image_name("../21f2e729-7af7-4607-b6ca-c313b27985ae.jpg")
-
-
-@pytest.mark.parametrize("orientation", [3, 6, 8])
-def test_orientation_is_applied(tmp_path: Path, orientation: int) -> None:
-    result, out = run(tmp_path, images.jpeg(300, 100, orientation=orientation))
-    rotated = orientation in (6, 8)
-    assert (result.width, result.height) == ((100, 300) if rotated else (300, 100))
-    assert result.reencoded
-    img = Image.open(io.BytesIO(out))
-    assert img.size == (result.width, result.height)
-    assert not img.getexif()
 
 
 def test_stored_image_is_never_larger_than_the_upload(tmp_path: Path) -> None:
@@ -116,3 +104,63 @@ def test_worker_keeps_a_bounded_block_cache(cache_mib: int, blocks: int) -> None
     finally:
         Image.core.set_blocks_max(saved[0])
         Image.MAX_IMAGE_PIXELS = saved[1]
+
+
+_CEILING_SCRIPT = """
+import sys
+from PIL import Image
+from imagegate.uploader.process import ImageRejected, Limits, Quality, init_worker, process_image
+src, dst = sys.argv[1], sys.argv[2]
+Image.new("RGB", (8000, 6000), (40, 90, 200)).save(src, "PNG")  # 48 MP: ~190 MiB decoded
+limits = Limits(50_000_000, 10_000, 900)
+init_worker(limits, 0, memory_mib=int(sys.argv[3]), recycle_mib=0)
+try:
+    process_image(src, dst, limits, Quality(80, 79, 63))
+except ImageRejected as exc:
+    print(exc.status, exc.message)
+else:
+    print(201)
+"""
+
+
+@pytest.mark.parametrize(
+    ("memory_mib", "expected"), [(160, "422 image needs more memory"), (0, "201")]
+)
+def test_memory_ceiling_is_a_clean_422(tmp_path: Path, memory_mib: int, expected: str) -> None:
+    """A worker under RLIMIT_AS that cannot allocate a legit 48 MP bitmap answers 422 (not a
+    crash); the same image without the ceiling goes through."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _CEILING_SCRIPT, str(tmp_path / "in"), str(tmp_path / "out"),
+         str(memory_mib)],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert done.stdout.strip().startswith(expected), done.stdout + done.stderr
+
+
+def test_a_worker_over_its_memory_mark_is_replaced(tmp_path: Path) -> None:
+    """After a job that leaves the worker over codec_recycle_mib, pebble starts a fresh one, and
+    uploads keep working; under the mark the worker stays."""
+    import asyncio
+
+    from imagegate.uploader.pool import CodecPool
+    from imagegate.uploader.process import warm_up
+
+    src = tmp_path / "in.jpg"
+    src.write_bytes(images.jpeg(640, 480))
+
+    async def pids(recycle_mib: int) -> list[int]:
+        pool = CodecPool(1, 4, 60.0, LIMITS, QUALITY, 0, recycle_mib=recycle_mib)
+        try:
+            seen = []
+            for _ in range(3):
+                seen.append(await asyncio.wrap_future(pool._pool.schedule(warm_up)))
+                await pool.process(src, tmp_path / "out")
+            return seen
+        finally:
+            pool.close()
+
+    assert len(set(asyncio.run(pids(recycle_mib=1)))) == 3  # every job leaves it over 1 MiB
+    assert len(set(asyncio.run(pids(recycle_mib=100_000)))) == 1

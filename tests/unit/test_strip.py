@@ -25,13 +25,25 @@ def test_jpeg_loses_exif_comment_and_trailer_keeps_pixels() -> None:
     assert same_pixels(data, out)
 
 
-def test_jpeg_keeps_the_icc_profile() -> None:
-    img = images.photo(64, 64)
-    profile = b"\0" * 128 + b"acsp" + b"\0" * 300
-    data = images.encode(img, "JPEG", icc_profile=profile)
+def test_jpeg_keeps_a_real_icc_profile() -> None:
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    data = images.encode(images.photo(64, 64), "JPEG", icc_profile=profile)
     out = strip_jpeg(data)
     assert out is not None
     assert Image.open(io.BytesIO(out)).info.get("icc_profile") == profile
+
+
+def test_jpeg_drops_an_icc_profile_that_is_not_one() -> None:
+    # 'acsp' in the wrong place and a size field of 0: the allow-list wants a parsable profile.
+    profile = b"\0" * 128 + b"acsp" + b"planted icc text" * 20
+    data = images.encode(images.photo(64, 64), "JPEG", icc_profile=profile)
+    out = strip_jpeg(data)
+    assert out is not None
+    assert b"planted icc text" not in out
+    assert "icc_profile" not in Image.open(io.BytesIO(out)).info
+    assert same_pixels(data, out)
 
 
 def test_png_loses_text_chunks_and_trailer() -> None:

@@ -1,7 +1,9 @@
 """A bounded pool of codec worker processes: image work never runs on the event loop.
 
-pebble's ProcessPool kills and replaces a worker whose task overruns its timeout, so one
-pathological image cannot hold a core forever.
+Each image gets a CPU budget sized from its pixels, enforced inside the worker (a CPU-time
+alarm: a clean 422); pebble's hard timeout at the ceiling kills and replaces a worker stuck in
+C code, so one pathological image cannot hold a core forever. Workers run under an
+address-space ceiling and are replaced after a job that leaves them big.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pebble import ProcessExpired, ProcessPool
 from imagegate.errors import AppError, Unavailable, Unprocessable
 from imagegate.settings import Settings
 from imagegate.uploader.process import (
+    Budget,
     ImageRejected,
     Limits,
     Processed,
@@ -36,6 +39,9 @@ class CodecPool:
         limits: Limits,
         quality: Quality,
         cache_mib: int,
+        budget: Budget | None = None,
+        memory_mib: int = 0,
+        recycle_mib: int = 0,
     ) -> None:
         self._workers = workers
         self._capacity = workers + queue
@@ -43,11 +49,12 @@ class CodecPool:
         self._timeout = timeout
         self._limits = limits
         self._quality = quality
+        self._budget = budget or Budget(1.0, min(5.0, timeout), timeout)
         # forkserver: workers start from a clean process, not a fork of a running event loop.
         self._pool: Any = ProcessPool(  # pebble ships no type hints
             max_workers=workers,
             initializer=init_worker,
-            initargs=(limits, cache_mib),
+            initargs=(limits, cache_mib, memory_mib, recycle_mib),
             context=multiprocessing.get_context("forkserver"),
         )
 
@@ -58,9 +65,18 @@ class CodecPool:
             workers=s.codec_workers,
             queue=s.codec_queue,
             timeout=s.codec_timeout_seconds,
-            limits=Limits(s.image_max_pixels, s.image_max_side, s.image_max_frames),
+            limits=Limits(
+                s.image_max_pixels, s.image_max_side, s.image_max_frames, s.image_max_scans
+            ),
             quality=Quality(s.jpeg_quality, s.webp_quality, s.avif_quality),
             cache_mib=s.codec_cache_mib,
+            budget=Budget(
+                s.codec_seconds_per_megapixel,
+                min(s.codec_min_seconds, s.codec_timeout_seconds),
+                s.codec_timeout_seconds,
+            ),
+            memory_mib=s.codec_memory_mib,
+            recycle_mib=s.codec_recycle_mib,
         )
 
     async def warm(self) -> None:
@@ -76,7 +92,7 @@ class CodecPool:
         try:
             future = self._pool.schedule(
                 process_image,
-                args=(str(src), str(dst), self._limits, self._quality),
+                args=(str(src), str(dst), self._limits, self._quality, self._budget),
                 timeout=self._timeout,
             )
             try:

@@ -7,15 +7,28 @@ data dir's tmp folder, so only small results cross the process boundary.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import io
 import os
+import resource
+import signal
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
-from PIL import GifImagePlugin, Image, ImageOps, ImageSequence, UnidentifiedImageError
+from PIL import (
+    GifImagePlugin,
+    Image,
+    ImageChops,
+    ImageOps,
+    ImageSequence,
+    UnidentifiedImageError,
+)
 from PIL import _imaging as pillow_core  # PIL.Image.core: the block allocator's settings
 
 from imagegate.uploader.formats import (
@@ -28,7 +41,10 @@ from imagegate.uploader.formats import (
     Format,
     sniff,
 )
-from imagegate.uploader.strip import STRIPPERS
+from imagegate.uploader.inspect import ImageRejected, Layout, Limits, inspect
+from imagegate.uploader.strip import STRIPPERS, strip_jpeg, valid_icc
+
+__all__ = ["Budget", "ImageRejected", "Limits", "Processed", "Quality", "process_image"]
 
 # Keep GIF frames in palette mode where they share a palette, so re-encoding stays faithful.
 GifImagePlugin.LOADING_STRATEGY = GifImagePlugin.LoadingStrategy.RGB_AFTER_DIFFERENT_PALETTE_ONLY
@@ -37,13 +53,21 @@ _ORIENTATION = 0x0112
 _RENDER_INFO = ("transparency", "duration", "background", "disposal", "blend")
 # Everything Pillow raises on a damaged file, across its plugins.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError)
+_NO_MEMORY = "image needs more memory than allowed"
 
 
 @dataclass(frozen=True)
-class Limits:
-    max_pixels: int
-    max_side: int
-    max_frames: int
+class Budget:
+    """CPU time an image may take: proportional to its pixels (all frames), within bounds."""
+
+    seconds_per_megapixel: float
+    min_seconds: float
+    max_seconds: float
+
+    def seconds(self, pixels: int) -> float:
+        return min(
+            self.max_seconds, max(self.min_seconds, self.seconds_per_megapixel * pixels / 1e6)
+        )
 
 
 @dataclass(frozen=True)
@@ -66,19 +90,16 @@ class Processed:
     reencoded: bool
 
 
-class ImageRejected(Exception):
-    """The upload is not an acceptable image; ``status`` is the HTTP answer."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(status, message)
-        self.status = status
-        self.message = message
+class _OverBudget(BaseException):
+    """Raised by the CPU timer; a BaseException so no ``except Exception`` in a plugin eats it."""
 
 
 def _open(data: bytes, fmt: Format, limits: Limits) -> Image.Image:
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Plugin warnings (a malformed MPO index, a bomb warning below our own limit) are
+            # not errors: what matters is whether the pixels decode.
+            warnings.simplefilter("ignore")
             return Image.open(io.BytesIO(data), formats=[fmt.pillow])
     except Image.DecompressionBombError as exc:
         raise ImageRejected(422, f"image is larger than {limits.max_pixels} pixels") from exc
@@ -86,19 +107,23 @@ def _open(data: bytes, fmt: Format, limits: Limits) -> Image.Image:
         raise ImageRejected(422, f"{fmt.pillow} image is corrupt or truncated") from exc
 
 
-def _check_dimensions(img: Image.Image, limits: Limits) -> int:
-    """Reject oversized images from their headers, before any pixel is decoded."""
-    width, height = img.size
-    if width < 1 or height < 1:
-        raise ImageRejected(422, "image has no pixels")
-    if max(width, height) > limits.max_side:
-        raise ImageRejected(
-            422, f"image is {width}x{height}; at most {limits.max_side} pixels a side"
-        )
+def _check_dimensions(img: Image.Image, layout: Layout, fmt: Format, limits: Limits) -> int:
+    """Pillow's view of the header must be the container's: same canvas, same frame count."""
     try:
         frames = int(getattr(img, "n_frames", 1))
     except _DECODE_ERRORS as exc:
-        raise ImageRejected(422, "image is corrupt or truncated") from exc
+        raise ImageRejected(422, f"{fmt.pillow} image is corrupt or truncated") from exc
+    width, height = img.size
+    if fmt is AVIF:  # the container's sizes bound what libavif reports
+        agrees = width <= layout.width and height <= layout.height
+    else:
+        agrees = (width, height) == (layout.width, layout.height) and frames == layout.frames
+    if not agrees:
+        raise ImageRejected(
+            422,
+            f"{fmt.pillow} image declares {layout.width}x{layout.height}x{layout.frames} frames "
+            f"but opens as {width}x{height}x{frames}",
+        )
     if frames > limits.max_frames:
         raise ImageRejected(422, f"animation has {frames} frames; at most {limits.max_frames}")
     if width * height * frames > limits.max_pixels:
@@ -114,22 +139,82 @@ def _render_only(frame: Image.Image) -> Image.Image:
     return frame
 
 
-def _decode(img: Image.Image, frames: int) -> tuple[list[Image.Image], bool]:
+def _decoded(frame: Image.Image, size: tuple[int, int], fmt: Format) -> Image.Image:
+    """Every frame must decode to the size its header declared (a decoder that grows or
+    shrinks the canvas is decoding something the checks did not see)."""
+    if frame.size != size:
+        raise ImageRejected(
+            422,
+            f"{fmt.pillow} image declares {size[0]}x{size[1]} but decodes to "
+            f"{frame.size[0]}x{frame.size[1]}",
+        )
+    return frame
+
+
+# Entropy-coded filler (no 0xFF, so no marker) for the premature-end probe.
+_FILLER = bytes((i * 37 + 11) % 255 for i in range(4096))
+
+
+def _jpeg_ends_early(data: bytes, layout: Layout, img: Image.Image) -> bool:
+    """Whether libjpeg ran out of scan data and filled the rest with grey.
+
+    Pillow hides libjpeg's "premature end of data" warning; what shows is its result: every
+    block after the end decodes to flat mid-grey, the last one included. Only when the last
+    block is exactly that (rare in a real picture) the file is decoded once more with filler
+    after each scan: a complete scan never reads it, so a complete file decodes the same."""
+    if img.mode not in ("L", "RGB"):
+        return False
+    (w, h), (mw, mh) = img.size, layout.mcu
+    grey = 128 if img.mode == "L" else (128, 128, 128)
+    # Pixel by pixel, not crop(): a new image, however small, takes a block from Pillow's
+    # cache and the next upload's bitmap pays for fresh memory.
+    corner = (
+        img.getpixel((x, y))
+        for y in range((h - 1) // mh * mh, h)
+        for x in range((w - 1) // mw * mw, w)
+    )
+    if any(pixel != grey for pixel in corner):
+        return False
+    parts: list[bytes | memoryview] = []
+    start = 0
+    view = memoryview(data)
+    for end in layout.scan_ends:
+        parts += [view[start:end], _FILLER]
+        start = end
+    parts.append(view[start:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        probe = Image.open(io.BytesIO(b"".join(parts)), formats=["JPEG"])
+        probe.load()
+    return ImageChops.difference(probe, img).getbbox() is not None
+
+
+def _decode(
+    img: Image.Image, frames: int, fmt: Format, data: bytes, layout: Layout
+) -> tuple[list[Image.Image], bool]:
     """All frames decoded and upright, and whether rotating them was needed."""
+    size = img.size
     orientation = img.getexif().get(_ORIENTATION, 1)
     rotate = orientation in range(2, 9)
     exif = img.getexif().tobytes() if rotate else b""
     if frames == 1:
         # No copy: the decoded bitmap is the one kept, so memory stays at one bitmap.
         img.load()
+        _decoded(img, size, fmt)
+        if fmt is JPEG and _jpeg_ends_early(data, layout, img):
+            raise ImageRejected(422, "JPEG image ends early (its scan data runs out)")
         return [_render_only(ImageOps.exif_transpose(img) if rotate else img)], rotate
     decoded = []
     for frame in ImageSequence.Iterator(img):
-        copy = frame.copy()
+        copy = _decoded(frame.copy(), size, fmt)
         if rotate:
             copy.info["exif"] = exif
             copy = ImageOps.exif_transpose(copy)
         decoded.append(_render_only(copy))
+    if len(decoded) != frames:
+        raise ImageRejected(
+            422, f"{fmt.pillow} image declares {frames} frames but has {len(decoded)}"
+        )
     return decoded, rotate
 
 
@@ -145,7 +230,9 @@ def _encode(
     }
     options = dict(presets[fmt])
     icc = source_info.get("icc_profile")
-    if icc:
+    # Only a profile that checks out is carried over: it is the one block of the upload's own
+    # bytes that the re-encoded file keeps.
+    if isinstance(icc, bytes) and valid_icc(icc):
         options["icc_profile"] = icc
     if len(frames) > 1:
         options["save_all"] = True
@@ -158,36 +245,99 @@ def _encode(
     return out.getvalue()
 
 
-def _stripped_original(data: bytes, fmt: Format, source_info: dict[str, Any]) -> bytes | None:
+def _stripped_original(
+    data: bytes, fmt: Format, source_info: dict[str, Any], layout: Layout
+) -> bytes | None:
+    if fmt is JPEG:
+        return strip_jpeg(data, layout.scan_ends)
     stripper = STRIPPERS.get(fmt.pillow)
     if stripper is not None:
         return stripper(data)
-    # No container walker for this format: the original qualifies only if it carries no metadata.
+    # No container walker for this format (AVIF): the original qualifies only if its sizes
+    # agree with its AV1 streams, its top level holds only image boxes, and it carries no
+    # metadata.
     has_metadata = any(k in source_info for k in ("exif", "xmp", "comment"))
-    return None if has_metadata else data
+    return None if has_metadata or not layout.consistent else data
 
 
-def process_image(src: str, dst: str, limits: Limits, quality: Quality) -> Processed:
-    """Turn the upload at ``src`` into the file to store at ``dst``, or raise ImageRejected."""
+def _over_budget(_signum: int, _frame: FrameType | None) -> None:
+    raise _OverBudget
+
+
+@dataclass
+class _Timer:
+    """A CPU-time alarm (ITIMER_PROF) that interrupts the work with _OverBudget."""
+
+    seconds: float  # 0: no alarm
+
+    def __enter__(self) -> _Timer:
+        if self.seconds:
+            signal.signal(signal.SIGPROF, _over_budget)
+            signal.setitimer(signal.ITIMER_PROF, self.seconds)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.seconds:
+            signal.setitimer(signal.ITIMER_PROF, 0)
+
+
+def process_image(
+    src: str, dst: str, limits: Limits, quality: Quality, budget: Budget | None = None
+) -> Processed:
+    """Turn the upload at ``src`` into the file to store at ``dst``, or raise ImageRejected.
+
+    With a ``budget``, the work after the container walk runs under a CPU-time alarm sized
+    from the image's pixels (all frames)."""
     data = Path(src).read_bytes()
     fmt = sniff(data[:64])
     if fmt is None:
         raise ImageRejected(415, f"file is not an image of an accepted type ({ALLOWED_NAMES})")
-    img = _open(data, fmt, limits)
-    frames = _check_dimensions(img, limits)
-    source_info = {str(k): v for k, v in img.info.items()}
+    # The container walk runs under the smallest budget (a file of a million tiny chunks is
+    # slow to walk too), the rest under the budget its pixels earn.
+    seconds = budget.min_seconds if budget is not None else 0.0
     try:
-        decoded, rotated = _decode(img, frames)
-        reencoded = _encode(decoded, fmt, source_info, quality)
-    except _DECODE_ERRORS as exc:
-        raise ImageRejected(422, f"{fmt.pillow} image is corrupt or truncated") from exc
-    # A stripped original loses the EXIF orientation, so it only qualifies when upright.
-    stripped = None if rotated else _stripped_original(data, fmt, source_info)
-    chosen = stripped if stripped is not None and len(stripped) <= len(reencoded) else reencoded
+        with _Timer(seconds):
+            layout = inspect(data, fmt, limits)
+        if budget is not None:
+            seconds = budget.seconds(layout.pixels)
+        with _Timer(seconds):
+            chosen, result = _process(data, fmt, layout, limits, quality)
+    except _OverBudget:
+        raise ImageRejected(422, f"image took longer than {seconds:.3g} s to process") from None
+    except MemoryError:
+        raise ImageRejected(422, _NO_MEMORY) from None
+    finally:
+        _after_job()
     with open(dst, "wb") as f:
         f.write(chosen)
+    return result
+
+
+def _process(
+    data: bytes, fmt: Format, layout: Layout, limits: Limits, quality: Quality
+) -> tuple[bytes, Processed]:
+    img = _open(data, fmt, limits)
+    frames = _check_dimensions(img, layout, fmt, limits)
+    source_info = {str(k): v for k, v in img.info.items()}
+    try:
+        # Every frame is decoded (and checked) before anything is kept.
+        decoded, rotated = _decode(img, frames, fmt, data, layout)
+        reencoded = _encode(decoded, fmt, source_info, quality)
+    except _DECODE_ERRORS as exc:
+        if "memory" in str(exc).lower():  # a decoder that could not allocate
+            raise ImageRejected(422, _NO_MEMORY) from exc
+        raise ImageRejected(422, f"{fmt.pillow} image is corrupt or truncated") from exc
+    except RuntimeError as exc:
+        # The AVIF and WebP encoders report a failed allocation only as "encoding failed";
+        # under the worker's memory ceiling that is what it is.
+        if _memory_limited:
+            raise ImageRejected(422, _NO_MEMORY) from exc
+        raise ImageRejected(422, f"{fmt.pillow} image could not be processed ({exc})") from exc
+    # A stripped original loses the EXIF orientation, so it only qualifies when upright.
+    stripped = None if rotated else _stripped_original(data, fmt, source_info, layout)
+    chosen = stripped if stripped is not None and len(stripped) <= len(reencoded) else reencoded
     width, height = decoded[0].size
-    return Processed(
+    return chosen, Processed(
         ext=fmt.ext,
         content_type=fmt.content_type,
         width=width,
@@ -200,15 +350,76 @@ def process_image(src: str, dst: str, limits: Limits, quality: Quality) -> Proce
     )
 
 
-def init_worker(limits: Limits, cache_mib: int) -> None:
+# --- worker process --------------------------------------------------------------------------
+
+_libc: Any = None
+_memory_limited = False
+_recycle_bytes = 0
+_recycle = False
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _after_job() -> None:
+    """Give freed memory back to the kernel; flag the worker for replacement if it stays big."""
+    global _recycle
+    if _libc is None:
+        return
+    _libc.malloc_trim(0)
+    if _recycle_bytes and _rss() > _recycle_bytes:
+        _recycle = True
+
+
+def _recycling_tasks(tasks: Any) -> Any:
+    """pebble's task generator, ending (so the worker exits and pebble starts a fresh one) after
+    a job that left the worker over its memory mark: its result has been sent by then."""
+
+    def next_tasks(channel: Any, max_tasks: int) -> Iterator[Any]:
+        for task in tasks(channel, max_tasks):
+            yield task
+            if _recycle:
+                return
+
+    return next_tasks
+
+
+def init_worker(limits: Limits, cache_mib: int, memory_mib: int = 0, recycle_mib: int = 0) -> None:
     """Once per worker process: plugins registered, Pillow's own decompression-bomb guard set to
-    our limit (a second line of defence behind the header check), and its block cache sized."""
+    our limit (a second line of defence behind the header check), its block cache sized, and
+    (in a real worker) the memory ceiling and recycling."""
+    global _libc, _recycle_bytes, _memory_limited
     Image.init()
     Image.MAX_IMAGE_PIXELS = limits.max_pixels
     # Without a cache every bitmap is fresh memory from the kernel: a 12 MP image costs ~12,000
     # page faults, 9 % of its processing time (docs/performance.md). Freed blocks kept for the
     # next image cost no more at peak, only idle memory after the first upload.
     pillow_core.set_blocks_max(cache_mib * 2**20 // pillow_core.get_block_size())
+    if memory_mib:
+        limit = memory_mib * 2**20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        _memory_limited = True
+    if recycle_mib:
+        _recycle_bytes = recycle_mib * 2**20
+        name = ctypes.util.find_library("c")
+        if name:
+            _libc = ctypes.CDLL(name)
+            # Big buffers (decoder and encoder work memory) come from mmap and go back to the
+            # kernel when freed, instead of staying in the heap; and few malloc arenas, each of
+            # which reserves 64 MiB of address space under the ceiling.
+            _libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+            _libc.mallopt(_M_TRIM_THRESHOLD, 4 << 20)
+            _libc.mallopt(_M_ARENA_MAX, 2)
+        # pebble has no "retire this worker" call; its task generator (the max_tasks path) is
+        # wrapped instead. A pebble without it just keeps its workers (trimmed, not replaced).
+        from pebble.pool import process as pebble_process
+
+        tasks = getattr(pebble_process, "worker_get_next_task", None)
+        if tasks is not None:
+            pebble_process.worker_get_next_task = _recycling_tasks(tasks)
 
 
 def warm_up() -> int:
