@@ -87,6 +87,13 @@ class InsufficientStorage(AppError):
         super().__init__(message, headers={"Retry-After": "60"})
 
 
+class ClientClosed(AppError):
+    """The client went away before the answer (NGINX's 499): nobody reads it, the access log
+    and the upload metrics do."""
+
+    status = 499
+
+
 class Unavailable(AppError):
     status = 503
 
@@ -108,6 +115,7 @@ _DESCRIPTIONS = {
     408: "The request body stalled",
     413: "Body over the size limit",
     415: "Not an accepted image type",
+    416: "Range not satisfiable (Content-Range gives the size)",
     422: "Invalid input",
     429: "Too many failed logins; see Retry-After",
     431: "Request headers too large or too many",
@@ -157,6 +165,19 @@ def install_error_handlers(app: FastAPI) -> None:
             503, "the database is unavailable; try again later", {"Retry-After": "5"}
         )
 
+    async def too_deep(request: Request, exc: Exception) -> JSONResponse:
+        # A parser recursing on hostile nesting (the routes that parse JSON themselves check
+        # depth first, with imagegate.jsonbody): the input's fault, so one line, no traceback.
+        log.warning("input nested too deeply on %s %s", request.method, request.url.path)
+        return error_response(400, "input is nested too deeply")
+
+    async def bad_unicode(request: Request, exc: Exception) -> JSONResponse:
+        # Text that is not valid Unicode (a lone surrogate from a JSON escape) reaching an
+        # encoder: the input's fault. imagegate.jsonbody rejects it at parsing where it can.
+        reason = getattr(exc, "reason", type(exc).__name__)  # never the text itself
+        log.warning("invalid Unicode on %s %s: %s", request.method, request.url.path, reason)
+        return error_response(400, "input is not valid Unicode text")
+
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "internal server error")
@@ -173,4 +194,6 @@ def install_error_handlers(app: FastAPI) -> None:
     )
     for db_error in db_errors:
         app.add_exception_handler(db_error, database_down)
+    app.add_exception_handler(RecursionError, too_deep)
+    app.add_exception_handler(UnicodeError, bad_unicode)
     app.add_exception_handler(Exception, unexpected)

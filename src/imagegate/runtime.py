@@ -25,6 +25,7 @@ from imagegate.storage.base import Storage
 from imagegate.storage.local import LocalStorage
 from imagegate.storage.reconcile import remove_orphans
 from imagegate.storage.s3 import S3Storage
+from imagegate.uploader.admission import Admission
 from imagegate.uploader.pool import CodecPool
 
 log = logging.getLogger("imagegate")
@@ -47,6 +48,7 @@ class Runtime:
     issuer: TokenIssuer | None
     passwords: Passwords
     codec: CodecPool | None = None
+    admission: Admission | None = None
     _lock: IO[bytes] | None = field(default=None, repr=False)
 
     def token_issuer(self) -> TokenIssuer:
@@ -73,6 +75,7 @@ class Runtime:
                 await remove_orphans(self.storage, self.sessions, older_than=time.time() - grace)
             except OSError as exc:
                 log.warning("storage unavailable at start; orphans not checked: %s", exc)
+        self.admission = Admission.from_settings(self.settings, self.metrics.registry)
         self.codec = CodecPool.from_settings(self.settings)
         await self.codec.warm()
 

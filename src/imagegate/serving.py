@@ -7,10 +7,13 @@ with S3 and no gateway, a stream through this process.
 
 from __future__ import annotations
 
+import re
+
 from fastapi import Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
 from imagegate.db.queries import StoredImage
+from imagegate.errors import AppError
 from imagegate.storage.base import Storage
 
 PUBLIC_CACHE = "public, max-age=31536000, immutable"
@@ -22,6 +25,66 @@ def _etag_matches(if_none_match: str, etag: str) -> bool:
         return True
     tags = (t.strip().removeprefix("W/") for t in if_none_match.split(","))
     return etag in tags
+
+
+def _vet_range(request: Request, image: StoredImage, etag: str) -> None:
+    """Decide a Range request before FileResponse sees it, which would answer its errors in
+    plain text: a range past the end is a 416 in our JSON shape (with ``Content-Range: bytes
+    */size``), and a malformed one is ignored, as RFC 9110 allows (the whole image, 200)."""
+    value = request.headers.get("range")
+    if value is None:
+        return
+    if_range = request.headers.get("if-range")
+    if if_range is not None and if_range != etag:
+        # A different (or date) validator: the whole image, which never changes anyway.
+        _drop_range(request)
+        return
+    verdict = _range_verdict(value, image.bytes)
+    if verdict == "unsatisfiable":
+        raise AppError(
+            "requested range not satisfiable",
+            status=416,
+            headers={"Content-Range": f"bytes */{image.bytes}"},
+        )
+    if verdict == "ignore":
+        _drop_range(request)
+
+
+_RANGE_SPEC = re.compile(r"([0-9]*)-([0-9]*)")
+MAX_RANGES = 100  # FileResponse's own limit: more are served whole
+
+
+def _range_verdict(value: str, size: int) -> str:
+    """``serve`` (every range is valid and satisfiable: FileResponse answers 206),
+    ``unsatisfiable`` (valid, none within the image: 416), or ``ignore`` (malformed, too
+    many, or a mix of satisfiable and not: the whole image)."""
+    unit, sep, specs = value.partition("=")
+    parts = [p.strip(" \t") for p in specs.split(",")]
+    if not sep or unit.strip().lower() != "bytes" or len(parts) > MAX_RANGES:
+        return "ignore"
+    satisfiable = []
+    for part in filter(None, parts):
+        match = _RANGE_SPEC.fullmatch(part)
+        if match is None or match.group(0) == "-":
+            return "ignore"
+        first, last = match.groups()
+        try:
+            if first and last and int(last) < int(first):
+                return "ignore"
+            satisfiable.append(int(first) < size if first else int(last) > 0)
+        except ValueError:  # over Python's digit limit for int()
+            return "ignore"
+    if not satisfiable:
+        return "ignore"
+    if not any(satisfiable):
+        return "unsatisfiable"
+    return "serve" if all(satisfiable) else "ignore"
+
+
+def _drop_range(request: Request) -> None:
+    request.scope["headers"] = [
+        (k, v) for k, v in request.scope["headers"] if k not in (b"range", b"if-range")
+    ]
 
 
 def image_response(
@@ -44,7 +107,8 @@ def image_response(
         return Response(status_code=304, headers=headers)
     path = storage.local_path(image.name)
     if path is not None:
-        # FileResponse streams in chunks and answers Range (206/416) and HEAD itself.
+        _vet_range(request, image, etag)
+        # FileResponse streams in chunks and answers Range (206) and HEAD itself.
         return FileResponse(path, media_type=image.content_type, headers=headers)
     head = request.method == "HEAD"
     signed = storage.signed_path(image.name, public=image.public, head=head)

@@ -7,7 +7,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -98,12 +98,25 @@ def encode_cursor(image: Image) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Raises ValueError for anything that is not a cursor this service made."""
+    """Raises ValueError for anything that is not a cursor this service made: a cursor is
+    client input, so every field is checked for the type and form ``encode_cursor`` gives it
+    (a zone-aware timestamp that converts to UTC, an ASCII name)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, name = json.loads(raw)
-        return datetime.fromisoformat(created), str(name)
-    except (binascii.Error, ValueError, TypeError) as exc:
+        value = json.loads(raw)
+        if not isinstance(value, list) or len(value) != 2:
+            raise ValueError("not a two-item list")
+        created, name = value
+        if not isinstance(created, str) or not isinstance(name, str):
+            raise ValueError("fields are not strings")
+        if not name.isascii() or len(name) > 128:
+            raise ValueError("not an image name")  # ours are <uuid>.<ext>
+        when = datetime.fromisoformat(created)
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise ValueError("timestamp without a zone")
+        # Within a day of datetime's range, converting to UTC can overflow.
+        return when.astimezone(UTC), name
+    except (binascii.Error, ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise ValueError("invalid cursor") from exc
 
 

@@ -6,17 +6,25 @@ with the image in the field ``file``. Memory use is one network chunk, whatever 
 
 from __future__ import annotations
 
+import errno
+import logging
 from pathlib import Path
 from typing import BinaryIO
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from imagegate.errors import BadRequest, PayloadTooLarge
+from imagegate.errors import BadRequest, ClientClosed, InsufficientStorage, PayloadTooLarge
+
+log = logging.getLogger("imagegate.uploader")
+# The parser logs a warning of its own for each malformed body it meets; the client hears the
+# reason in its 400 and the access log has the request, so one line per request is enough.
+logging.getLogger("python_multipart").setLevel(logging.ERROR)
 
 FILE_FIELD = b"file"
 MAX_PARTS = 16
+MAX_BOUNDARY = 70  # RFC 2046
 
 
 class _MultipartSink:
@@ -26,6 +34,7 @@ class _MultipartSink:
         self.out = out
         self.parts = 0
         self.found = False
+        self.ended = False  # the closing boundary arrived: the body is not cut short
         self._writing = False
         self._header_field = b""
         self._header_value = b""
@@ -40,6 +49,7 @@ class _MultipartSink:
                 "on_headers_finished": self._headers_finished,
                 "on_part_data": self._part_data,
                 "on_part_end": self._part_end,
+                "on_end": self._end,
             },
         )
 
@@ -74,13 +84,54 @@ class _MultipartSink:
     def _part_end(self) -> None:
         self._writing = False
 
+    def _end(self) -> None:
+        self.ended = True
+
+
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or the user's quota) is full."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL
+
+
+def declared_length(request: Request, max_bytes: int) -> int | None:
+    """The body's Content-Length, if given; 413 at once when it is over ``max_bytes``."""
+    length = request.headers.get("content-length")
+    if length is None or not length.isdigit():
+        return None  # the HTTP server rejects a malformed one before the app sees it
+    if int(length) > max_bytes:
+        raise PayloadTooLarge(f"upload is over the {max_bytes}-byte limit")
+    return int(length)
+
 
 async def receive_body(request: Request, dest: Path, max_bytes: int) -> int:
-    """Write the uploaded file to ``dest``; returns its size. Raises 400/413 on bad bodies."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > max_bytes:
-        raise PayloadTooLarge(f"upload is over the {max_bytes}-byte limit")
+    """Write the uploaded file to ``dest``; returns its size. Raises 400/413 on bad bodies,
+    499 when the client leaves, 507 when the disk is full (``dest`` may then hold a part:
+    the caller removes it)."""
+    declared_length(request, max_bytes)
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    try:
+        return await _receive(request, dest, max_bytes, content_type, options)
+    except ClientDisconnect as exc:
+        raise ClientClosed("client closed the connection before the upload finished") from exc
+    except FormParserError as exc:  # MultipartParseError and the parser's other complaints
+        raise BadRequest(f"malformed multipart body: {exc}") from exc
+    except OSError as exc:
+        if is_disk_full(exc):
+            log.warning("upload refused: disk full while receiving (%s)", exc)
+            raise InsufficientStorage() from exc
+        raise
+
+
+async def _receive(
+    request: Request,
+    dest: Path,
+    max_bytes: int,
+    content_type: bytes,
+    options: dict[bytes, bytes],
+) -> int:
     received = 0
     # Plain writes: each is one network chunk into the page cache, cheaper than a thread hop.
     with open(dest, "wb") as out:  # noqa: ASYNC230
@@ -89,24 +140,23 @@ async def receive_body(request: Request, dest: Path, max_bytes: int) -> int:
             boundary = options.get(b"boundary")
             if not boundary:
                 raise BadRequest("multipart/form-data without a boundary")
+            if len(boundary) > MAX_BOUNDARY:
+                raise BadRequest(f"multipart boundary over {MAX_BOUNDARY} characters")
             sink = _MultipartSink(boundary, out)
-        try:
-            async for chunk in request.stream():
-                received += len(chunk)
-                if received > max_bytes:
-                    raise PayloadTooLarge(f"upload is over the {max_bytes}-byte limit")
-                if sink is None:
-                    out.write(chunk)
-                else:
-                    sink.parser.write(chunk)
-            if sink is not None:
-                sink.parser.finalize()
-        except ClientDisconnect as exc:
-            raise BadRequest("client closed the connection before the upload finished") from exc
-        except MultipartParseError as exc:
-            raise BadRequest(f"malformed multipart body: {exc}") from exc
-        if sink is not None and not sink.found:
-            raise BadRequest("multipart body has no 'file' field")
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_bytes:
+                raise PayloadTooLarge(f"upload is over the {max_bytes}-byte limit")
+            if sink is None:
+                out.write(chunk)
+            else:
+                sink.parser.write(chunk)
+        if sink is not None:
+            sink.parser.finalize()
+            if not sink.found:
+                raise BadRequest("multipart body has no 'file' field")
+            if not sink.ended:
+                raise BadRequest("malformed multipart body: no closing boundary")
         size = out.tell()
     if size == 0:
         raise BadRequest("empty upload: send the image as the request body")

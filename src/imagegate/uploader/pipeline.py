@@ -1,55 +1,85 @@
-"""An upload from request to record, top to bottom: receive with a cap → identify, check,
-compress (codec worker) → store durably → commit the record. Any failure leaves nothing."""
+"""An upload from request to record, top to bottom: admit (a place, or 503 before the body is
+read) → receive with a cap → wait for a codec worker (fair between accounts) → identify,
+check, compress → store durably → commit the record. Any failure leaves nothing, and a client
+that leaves before the commit cancels the upload wherever it is."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import exc as sa_exc
 from starlette.requests import Request
 
 from imagegate.db import queries
 from imagegate.db.models import Image
 from imagegate.db.types import utcnow
-from imagegate.errors import Unauthorized, Unavailable
+from imagegate.errors import ClientClosed, InsufficientStorage, Unauthorized, Unavailable
 from imagegate.runtime import Runtime
 from imagegate.security.tokens import Identity
-from imagegate.uploader.body import receive_body
+from imagegate.uploader.body import declared_length, is_disk_full, receive_body
+from imagegate.uploader.process import Processed
 
 log = logging.getLogger("imagegate.uploader")
+
+# Free space kept beyond what an upload needs: the database and other uploads write there too.
+FREE_SPACE_MARGIN = 1024 * 1024
+_SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full"
+_PG_DISK_FULL = "53100"  # disk_full
 
 
 async def ingest(runtime: Runtime, request: Request, owner: Identity, visibility: str) -> Image:
     """Store the request's image for ``owner``; raises AppError subclasses for bad input."""
-    assert runtime.codec is not None, "uploader role not started"
+    assert runtime.admission is not None, "uploader role not started"
+    settings = runtime.settings
+    length = declared_length(request, settings.upload_max_bytes)  # 413 before anything
+    _check_free_space(settings.tmp_dir, length)  # 507 before the body is read
     token = uuid.uuid4().hex
-    src = runtime.settings.tmp_dir / f"{token}.upload"
-    dst = runtime.settings.tmp_dir / f"{token}.out"
-    try:
-        await receive_body(request, src, runtime.settings.upload_max_bytes)
-        result = await runtime.codec.process(src, dst)
-        image = Image(
-            name=f"{uuid.uuid4()}.{result.ext}",
-            owner_id=owner.user_id,
-            visibility=visibility,
-            content_type=result.content_type,
-            width=result.width,
-            height=result.height,
-            frames=result.frames,
-            bytes=result.bytes,
-            uploaded_bytes=result.uploaded_bytes,
-            sha256=result.sha256,
-            created_at=utcnow(),
-        )
-        await _store(runtime, image, dst)
-    finally:
-        src.unlink(missing_ok=True)
-        dst.unlink(missing_ok=True)
-    runtime.metrics.bytes_received.inc(result.uploaded_bytes)
-    runtime.metrics.bytes_stored.inc(result.bytes)
+    src = settings.tmp_dir / f"{token}.upload"
+    dst = settings.tmp_dir / f"{token}.out"
+    image: Image | None = None
+    stored = False
+    with runtime.admission.admit(owner.user_id) as ticket:  # 503 before the body is read
+        try:
+            await receive_body(request, src, settings.upload_max_bytes)
+            async with _cancelled_when_client_leaves(request):
+                async with ticket.worker():
+                    result = await _process(runtime, src, dst)
+                src.unlink(missing_ok=True)  # no longer needed: free the space now
+                image = Image(
+                    name=f"{uuid.uuid4()}.{result.ext}",
+                    owner_id=owner.user_id,
+                    visibility=visibility,
+                    content_type=result.content_type,
+                    width=result.width,
+                    height=result.height,
+                    frames=result.frames,
+                    bytes=result.bytes,
+                    uploaded_bytes=result.uploaded_bytes,
+                    sha256=result.sha256,
+                    created_at=utcnow(),
+                )
+                stored = True  # from here on the bytes may be in storage: removed on failure
+                await _put(runtime, image, dst)
+            await _record(runtime, image)
+        except BaseException:
+            if stored and image is not None:
+                # Bytes first, record second: on any failure (even cancellation) bytes go too.
+                with anyio.CancelScope(shield=True):
+                    await remove_quietly(runtime, image)
+            raise
+        finally:
+            src.unlink(missing_ok=True)
+            dst.unlink(missing_ok=True)
+    assert image is not None
+    runtime.metrics.bytes_received.inc(image.uploaded_bytes)
+    runtime.metrics.bytes_stored.inc(image.bytes)
     return image
 
 
@@ -64,21 +94,108 @@ async def remove_quietly(runtime: Runtime, image: Image) -> None:
         )
 
 
-async def _store(runtime: Runtime, image: Image, path: Path) -> None:
+def _check_free_space(folder: Path, length: int | None) -> None:
+    """507 at once when the upload (and its processed copy, never larger unless rotated)
+    cannot fit; a body of unknown length is checked while it is written."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return  # the writes will tell
+    free = st.f_bavail * st.f_frsize
+    need = FREE_SPACE_MARGIN + 2 * (length or 0)
+    if free < need:
+        log.warning("upload refused: %d bytes free in %s, %d needed", free, folder, need)
+        raise InsufficientStorage()
+
+
+@asynccontextmanager
+async def _cancelled_when_client_leaves(request: Request) -> AsyncIterator[None]:
+    """Run the block until it ends or the client disconnects; then ClientClosed (499).
+
+    Once the body is read, the next ASGI message is ``http.disconnect`` (when the client
+    goes), so a task waits for it and cancels the block: a queued upload leaves the line, a
+    running one stops its worker, and nothing is stored for a client who will never hear."""
+    gone = False
+    with anyio.CancelScope() as scope:
+
+        async def watch() -> None:
+            nonlocal gone
+            while True:
+                try:
+                    message = await request.receive()
+                except Exception:  # a receive that fails cannot tell us more
+                    return
+                if message["type"] == "http.disconnect":
+                    gone = True
+                    scope.cancel()
+                    return
+                if message["type"] != "http.request" or not message.get("body"):
+                    return  # only a disconnect is expected after the body
+
+        # A plain task, not a task group: the block's own errors must pass through unwrapped.
+        watcher = asyncio.create_task(watch())
+        _watchers.add(watcher)
+        watcher.add_done_callback(_watchers.discard)
+        try:
+            yield
+        finally:
+            watcher.cancel()
+    if gone:
+        raise ClientClosed("client closed the connection before the upload was stored")
+
+
+_watchers: set[asyncio.Task[None]] = set()  # running watchers, referenced until they end
+
+
+async def _process(runtime: Runtime, src: Path, dst: Path) -> Processed:
+    assert runtime.codec is not None
+    try:
+        return await runtime.codec.process(src, dst)
+    except OSError as exc:  # raised in the worker writing ``dst``, passed back to us
+        if is_disk_full(exc):
+            log.warning("upload refused: disk full while processing (%s)", exc)
+            raise InsufficientStorage() from exc
+        raise
+
+
+async def _put(runtime: Runtime, image: Image, path: Path) -> None:
     try:
         await runtime.storage.put(
             image.name, path, public=image.public, content_type=image.content_type
         )
     except OSError as exc:
+        if is_disk_full(exc):
+            log.warning("upload refused: storage is full (%s)", exc)
+            raise InsufficientStorage() from exc
         raise Unavailable("image storage is unavailable; try again later") from exc
+
+
+async def _record(runtime: Runtime, image: Image) -> None:
+    """Commit the record. Shielded: a commit cancelled midway could land after we removed
+    the bytes (a record without bytes); the client leaving this late changes nothing."""
     try:
-        async with runtime.sessions() as session:
-            await queries.add_image(session, image)
-            await session.commit()
-    except BaseException as exc:
-        # Bytes first, record second: on any failure (even cancellation) the bytes go too.
         with anyio.CancelScope(shield=True):
-            await remove_quietly(runtime, image)
-        if isinstance(exc, IntegrityError):
-            raise Unauthorized("account no longer exists") from exc
+            async with runtime.sessions() as session:
+                await queries.add_image(session, image)
+                await session.commit()
+    except sa_exc.IntegrityError as exc:
+        raise Unauthorized("account no longer exists") from exc
+    except sa_exc.OperationalError as exc:
+        if _database_full(exc):
+            log.warning("upload refused: the database's disk is full (%s)", exc.orig)
+            raise InsufficientStorage() from exc
         raise
+
+
+def _database_full(exc: sa_exc.DBAPIError) -> bool:
+    orig: BaseException | None = exc.orig
+    seen: set[int] = set()
+    # Driver adapters wrap the driver's own exception: look down the chain.
+    while orig is not None and id(orig) not in seen:
+        seen.add(id(orig))
+        if getattr(orig, "sqlite_errorcode", None) == _SQLITE_FULL:
+            return True
+        if getattr(orig, "sqlstate", None) == _PG_DISK_FULL:
+            return True
+        orig = orig.__cause__ or orig.__context__
+    return "database or disk is full" in str(exc)

@@ -66,7 +66,8 @@ class ImagePage(BaseModel):
     description=(
         "The image as the raw body (any Content-Type) or as the multipart/form-data field "
         "`file`. JPEG, PNG, GIF, WebP or AVIF; it is normalized, stripped of metadata and "
-        "compressed."
+        "compressed. 503 + Retry-After, before the body is read, when the server or this "
+        "account has as many uploads in progress as it takes; 507 when the disk is full."
     ),
     openapi_extra={
         "requestBody": {
@@ -83,7 +84,7 @@ class ImagePage(BaseModel):
             },
         }
     },
-    responses=error_responses(400, 401, 413, 415, 422, 503),
+    responses=error_responses(400, 401, 413, 415, 422, 503, 507),
 )
 async def upload(
     request: Request,
@@ -177,7 +178,7 @@ def _get_and_head(path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
     "/images/{filename}",
     summary="A public image",
     response_class=Response,
-    responses={**IMAGE_CONTENT, **error_responses(404)},
+    responses={**IMAGE_CONTENT, **error_responses(404, 416)},
 )
 async def public_image(filename: str, request: Request, runtime: RuntimeDep) -> Response:
     return await _serve(request, runtime, filename, owner_id=None)
@@ -187,7 +188,7 @@ async def public_image(filename: str, request: Request, runtime: RuntimeDep) -> 
     "/v1/user/{filename}",
     summary="One of the caller's images, public or private",
     response_class=Response,
-    responses={**IMAGE_CONTENT, **error_responses(401, 404)},
+    responses={**IMAGE_CONTENT, **error_responses(401, 404, 416)},
 )
 async def own_image(
     filename: str,
