@@ -1,4 +1,4 @@
-"""Tables: users, images, and the login throttle shared by every process."""
+"""Tables: users, images, trusted login devices, and the login throttle shared by every process."""
 
 from __future__ import annotations
 
@@ -67,3 +67,18 @@ class LoginThrottle(Base):
     blocked_until: Mapped[float] = mapped_column(Float, default=0.0)
     lockouts: Mapped[int] = mapped_column(Integer, default=0)
     updated: Mapped[float] = mapped_column(Float, index=True)
+
+
+class LoginDevice(Base):
+    """A client that logged in before: its device cookie, stored only as a SHA-256 hash.
+
+    Login attempts that present it are counted on their own throttle key (``device:<hash>``)
+    instead of the login's, so strangers failing on the login cannot lock its owner out.
+    """
+
+    __tablename__ = "login_devices"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created: Mapped[float] = mapped_column(Float)
+    expires: Mapped[float] = mapped_column(Float)

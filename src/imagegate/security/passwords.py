@@ -26,6 +26,16 @@ def common_passwords() -> frozenset[str]:
     return frozenset(line.strip().lower() for line in text.splitlines() if line.strip())
 
 
+def is_valid_unicode(text: str) -> bool:
+    """False for text holding a lone surrogate (a JSON ``\\ud800`` escape): it cannot be
+    encoded to UTF-8, so it can be neither hashed nor stored."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def normalize_login(login: str) -> str:
     """Logins compare case-insensitively, so they are stored lower-cased."""
     login = login.strip().lower()
@@ -36,6 +46,8 @@ def normalize_login(login: str) -> str:
 
 def check_password_policy(password: str, login: str, min_length: int) -> None:
     """NIST SP 800-63B: length and a block list, no composition rules, never truncated."""
+    if not is_valid_unicode(password):
+        raise Unprocessable("password must be valid Unicode text (no lone surrogates)")
     if len(password) < min_length:
         raise Unprocessable(f"password must be at least {min_length} characters")
     if len(password) > MAX_PASSWORD_LENGTH:
@@ -67,8 +79,8 @@ class Passwords:
         def check() -> bool:
             try:
                 return self._hasher.verify(target, password)
-            except (VerificationError, InvalidHashError):
-                return False
+            except (VerificationError, InvalidHashError, UnicodeEncodeError):
+                return False  # a password that cannot be encoded was never hashed
 
         ok = await anyio.to_thread.run_sync(check, limiter=self._limiter)
         return ok and stored_hash is not None

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import time
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegate.db import queries
 from imagegate.deps import (
@@ -27,10 +27,12 @@ from imagegate.errors import (
     Unauthorized,
     error_responses,
 )
-from imagegate.security import throttle
+from imagegate.jsonbody import parse_json
+from imagegate.security import devices, throttle
 from imagegate.security.accounts import create_account
-from imagegate.security.passwords import LOGIN_RE, MAX_PASSWORD_LENGTH
+from imagegate.security.passwords import LOGIN_RE, MAX_PASSWORD_LENGTH, is_valid_unicode
 from imagegate.security.tokens import Identity
+from imagegate.settings import Settings
 
 router = APIRouter(tags=["security"])
 
@@ -41,6 +43,14 @@ class Credentials(BaseModel):
         StrictStr, Field(min_length=3, max_length=64, pattern=r"^\s*[A-Za-z0-9._-]+\s*$")
     ]
     password: Annotated[StrictStr, Field(min_length=1, max_length=MAX_PASSWORD_LENGTH)]
+
+    @field_validator("password")
+    @classmethod
+    def _valid_unicode(cls, value: str) -> str:
+        # A JSON escape can carry a lone surrogate, which no hash (nor database) can encode.
+        if not is_valid_unicode(value):
+            raise ValueError("password must be valid Unicode text (no lone surrogates)")
+        return value
 
 
 class UserOut(BaseModel):
@@ -88,24 +98,72 @@ async def register(body: Credentials, runtime: RuntimeDep, session: SessionDep) 
     return UserOut(id=user.id, login=user.login, created_at=user.created_at)
 
 
+_SHAPE = 'expected a JSON body {"login": "...", "password": "..."}'
+
+
 async def _read_credentials(request: Request) -> tuple[str, str]:
+    """The login and password of a /v1/token body; 400 for anything else, before any throttle
+    or password work (bad input is not a guess)."""
     try:
-        body: Any = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest('expected a JSON body {"login": "...", "password": "..."}') from exc
+        body: Any = parse_json(await request.body())
+    except BadRequest as exc:  # invalid UTF-8 or JSON, deep nesting, lone surrogates
+        raise BadRequest(f"{exc.message}; {_SHAPE}") from exc
     if (
         not isinstance(body, dict)
         or not isinstance(body.get("login"), str)
         or not isinstance(body.get("password"), str)
     ):
-        raise BadRequest('expected a JSON body {"login": "...", "password": "..."}')
+        raise BadRequest(_SHAPE)
+    if len(body["password"]) > MAX_PASSWORD_LENGTH:  # no account can have it: not a guess
+        raise BadRequest(f"password must be at most {MAX_PASSWORD_LENGTH} characters")
     return body["login"], body["password"]
+
+
+def _memory_throttle(request: Request) -> throttle.MemoryThrottle:
+    """This process's fallback counters (used only while the database cannot be written)."""
+    state = request.app.state
+    memory: throttle.MemoryThrottle | None = getattr(state, "login_memory_throttle", None)
+    if memory is None:
+        memory = state.login_memory_throttle = throttle.MemoryThrottle()
+    return memory
+
+
+async def _record_success(
+    session: AsyncSession,
+    memory: throttle.MemoryThrottle,
+    attempt: throttle.Attempt,
+    settings: Settings,
+    user_id: str,
+    device: str | None,
+    new_hash: str | None,
+) -> str | None:
+    """A successful login's bookkeeping, in one transaction: the throttle's keys, a new device
+    cookie (returned) replacing the one presented, a rehashed password. Best effort: when the
+    database cannot be written the login still succeeds, without a new cookie."""
+    lifetime = settings.login_device_lifetime_seconds
+    try:
+        await throttle.succeeded(session, memory, attempt)
+        token = None
+        if lifetime > 0:
+            token = await devices.issue(session, user_id, throttle.clock(), lifetime, device)
+        if new_hash is not None:
+            await queries.set_password_hash(session, user_id, new_hash)
+        await session.commit()
+    except sa_exc.DBAPIError as exc:
+        if not throttle.cannot_write(exc):
+            raise
+        await session.rollback()
+        throttle.warn_unwritable("cannot record a successful login (it still succeeds)", exc)
+        return None
+    return token
 
 
 @router.post(
     "/v1/token",
     summary="Log in",
-    description="The bare JWT as text/plain; JSON when the client accepts application/json.",
+    description="The bare JWT as text/plain; JSON when the client accepts application/json. "
+    "Sets an HttpOnly device cookie: attempts on the same login that present it are throttled "
+    "on their own, so other people's failures cannot lock this client out.",
     responses={
         200: {
             "content": {
@@ -113,7 +171,7 @@ async def _read_credentials(request: Request) -> tuple[str, str]:
                 "application/json": {"schema": TokenOut.model_json_schema()},
             }
         },
-        **error_responses(400, 401, 413, 429),
+        **error_responses(400, 401, 413, 429, 503),
     },
     openapi_extra={
         "requestBody": {
@@ -125,7 +183,6 @@ async def _read_credentials(request: Request) -> tuple[str, str]:
 async def login(request: Request, runtime: RuntimeDep, session: SessionDep) -> Response:
     raw_login, password = await _read_credentials(request)
     login = raw_login.strip().lower()
-    valid_login = LOGIN_RE.fullmatch(login) is not None
     s = runtime.settings
     policy = throttle.ThrottlePolicy(
         s.login_max_failures,
@@ -133,39 +190,69 @@ async def login(request: Request, runtime: RuntimeDep, session: SessionDep) -> R
         s.login_lockout_seconds,
         s.login_lockout_max_seconds,
     )
-    keys = throttle.throttle_keys(login[:64], client_address(request))
-    now = time.time()
-    wait = await throttle.retry_after(session, keys, now)
-    if wait is not None:
-        await session.rollback()
-        runtime.metrics.logins.labels("throttled").inc()
-        raise TooManyRequests("too many failed logins; try again later", retry_after=wait)
-    user = await queries.user_by_login(session, login) if valid_login else None
+    user = await queries.user_by_login(session, login) if LOGIN_RE.fullmatch(login) else None
     stored_hash = user.password_hash if user else None
     identity = Identity(user.id, user.login) if user else None
+    # A device cookie counts only on the login it was issued for (an unknown login has none).
+    device = (
+        await devices.trusted(
+            session, request.cookies.get(devices.COOKIE), user.id, throttle.clock()
+        )
+        if user and s.login_device_lifetime_seconds > 0
+        else None
+    )
     await session.rollback()  # no connection held while hashing
+    memory = _memory_throttle(request)
+    if device is not None:
+        # A client that logged in before: its own budget, not the login's lockout nor the
+        # address's (a stranger behind the same NAT cannot lock it out either).
+        account_key, address_key = throttle.device_key(device), None
+    else:
+        address = client_address(request)
+        account_key = throttle.login_key(login)
+        address_key = throttle.address_key(address) if address else None
+    try:
+        attempt = await throttle.begin(session, memory, account_key, address_key, policy)
+    except throttle.Throttled as exc:
+        runtime.metrics.logins.labels("throttled").inc()
+        raise TooManyRequests(
+            "too many failed logins; try again later", retry_after=exc.retry_after
+        ) from None
     # Unknown logins pay for a dummy hash: same status, body and time as a wrong password.
     verified = await runtime.passwords.verify(stored_hash, password)
     if identity is None or not verified:
-        await throttle.record_failure(session, keys, policy, now)
-        await session.commit()
+        await throttle.failed(session, memory, attempt, policy)
         runtime.metrics.logins.labels("failed").inc()
         raise AppError("invalid login or password", status=401)
-    await throttle.record_success(session, keys[0])
-    if stored_hash and runtime.passwords.needs_rehash(stored_hash):
-        new_hash = await runtime.passwords.hash(password)
-        await queries.set_password_hash(session, identity.user_id, new_hash)
-    await session.commit()
     runtime.metrics.logins.labels("ok").inc()
+    new_hash = None
+    if stored_hash and runtime.passwords.needs_rehash(stored_hash):
+        new_hash = await runtime.passwords.hash(password)  # before the write transaction
+    cookie = await _record_success(session, memory, attempt, s, identity.user_id, device, new_hash)
     token = runtime.token_issuer().issue(identity)
+    response: Response
     if "application/json" in request.headers.get("accept", ""):
         out = TokenOut(
             access_token=token,
             token_type="Bearer",  # noqa: S106 - a scheme name, not a secret
             expires_in=runtime.token_issuer().ttl,
         )
-        return JSONResponse(out.model_dump(), headers={"Cache-Control": "no-store"})
-    return PlainTextResponse(token, headers={"Cache-Control": "no-store"})
+        response = JSONResponse(out.model_dump(), headers={"Cache-Control": "no-store"})
+    else:
+        response = PlainTextResponse(token, headers={"Cache-Control": "no-store"})
+    if cookie is not None:
+        response.set_cookie(
+            devices.COOKIE,
+            cookie,
+            max_age=s.login_device_lifetime_seconds,
+            path=devices.COOKIE_PATH,
+            # The scheme the client used; behind a trusted proxy uvicorn takes it from
+            # X-Forwarded-Proto.
+            secure=request.url.scheme == "https",
+            httponly=True,
+            samesite="strict",
+        )
+    return response
 
 
 @router.get(
