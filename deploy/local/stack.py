@@ -43,7 +43,7 @@ def port(name: str, default: int) -> int:
     return int(os.environ.get(f"IMAGEGATE_STACK_{name}_PORT", default))
 
 
-PLAIN_PORT = port("HTTP", 8000)  # the API over plain HTTP, loopback only (seed session)
+PLAIN_PORT = port("HTTP", 8000)  # the API over plain HTTP, loopback only (the curl session)
 REDIRECT_PORT = port("REDIRECT", 8001)  # HTTP that redirects to HTTPS, as port 80 does
 HTTPS_PORT = port("HTTPS", 8443)
 PG_PORT = port("PG", 55432)
@@ -536,7 +536,7 @@ def main() -> None:
     )
     parser.add_argument("action", choices=["up", "down", "status", "start", "stop", "kill", "urls"])
     parser.add_argument("name", nargs="?", choices=list(COMPONENTS))
-    parser.add_argument("--demo", action="store_true", help="create the seed's user bob/qwe123")
+    parser.add_argument("--demo", action="store_true", help="create the demo user bob/qwe123")
     args = parser.parse_args()
     if args.action in ("start", "stop", "kill") and not args.name:
         parser.error(f"{args.action} needs a component name")

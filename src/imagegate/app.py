@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
-from imagegate import __version__, ops
+from imagegate import __version__, apidocs, ops
 from imagegate.deps import BEARER_SCHEME, BEARER_SCHEME_NAME
 from imagegate.errors import install_error_handlers
 from imagegate.middleware import BodyLimit, RequestContext
@@ -37,12 +37,18 @@ def create_app(settings: Settings, roles: tuple[Role, ...] = ALL_ROLES) -> FastA
         routers.append(security_routes.router)
     if "uploader" in roles:
         routers.append(uploader_routes.router)
+    routers.append(apidocs.router)
     routers.append(ops.router)  # last: a request is matched against routes in order
     app = FastAPI(
         title="imagegate",
         version=__version__,
         summary="Authenticated image uploads and serving",
         lifespan=lifespan,
+        # FastAPI's own pages load their scripts from a public CDN; apidocs serves /docs from
+        # the package instead, and ReDoc is not offered.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=apidocs.OPENAPI_PATH,
         # No OpenTelemetry: metrics are Prometheus (/metrics), logs carry request ids, and
         # FastAPI's per-request look for configured OTel providers cost 6 % of a small request.
         telemetry={"tracing": False, "metrics": False, "logs": False},

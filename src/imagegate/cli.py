@@ -1,4 +1,4 @@
-"""The ``imagegate`` command: serve, user and db subcommands."""
+"""The ``imagegate`` command: its arguments, help text, and what each subcommand does."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from imagegate import server
+from imagegate import __version__, server
 from imagegate.app import create_app
 from imagegate.db import queries
 from imagegate.db.engine import create_engine, create_sessionmaker
@@ -31,78 +32,241 @@ from imagegate.tls import ensure_self_signed
 
 log = logging.getLogger("imagegate")
 DEMO_LOGIN, DEMO_PASSWORD = "bob", "qwe123"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+DESCRIPTION = """\
+imagegate: a self-hosted image service. People register, log in, upload images
+and get them back, publicly or privately. 'imagegate serve' runs it; the other
+commands manage accounts, keys, storage and the database.
+
+Every setting is also an environment variable (IMAGEGATE_DATA_DIR,
+IMAGEGATE_DATABASE_URL, ...: see the README); a flag overrides its variable."""
+
+EXAMPLES = """\
+examples:
+  imagegate serve --demo            run everything on http://127.0.0.1:8080, data in ./data,
+                                    with the demo account bob / qwe123
+  imagegate user add alice          create an account (asks for the password)
+  imagegate user list               every account, with its images and bytes
+  imagegate openapi > openapi.json  the API description, for client generators
+
+'imagegate COMMAND --help' explains each command."""
+
+
+def _examples(*lines: str) -> str:
+    return (
+        "example"
+        + ("s" if len(lines) > 1 else "")
+        + ":\n"
+        + "\n".join(f"  {line}" for line in lines)
+    )
+
+
+def _command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help: str,
+    *examples: str,
+    description: str | None = None,
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help shows its description and examples as written."""
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description or help[0].upper() + help[1:] + ".",
+        epilog=_examples(*examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", help="folder for the database, images and keys (./data)")
-    parser.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in the data dir)")
-    parser.add_argument("--log-level", help="debug, info, warning, error")
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="folder for the database, images and keys (default: ./data)",
+    )
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="database to use, e.g. postgresql://user:pass@host/db (default: SQLite in DIR)",
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        metavar="LEVEL",
+        help=f"{', '.join(LOG_LEVELS)} (serve: info; other commands: warning)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imagegate", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="imagegate",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"imagegate {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
 
-    serve = sub.add_parser("serve", help="run the service (all roles: embedded mode)")
-    serve.add_argument("role", nargs="?", choices=ALL_ROLES, help="run one service alone")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    serve = _command(
+        sub,
+        "serve",
+        "run the service",
+        "imagegate serve --demo                      # try it: http://127.0.0.1:8080/docs",
+        "imagegate serve --host 0.0.0.0 --tls        # HTTPS, self-signed certificate",
+        "imagegate serve security --port 8081        # one service of a production deployment",
+        description=(
+            "Run the service. With no ROLE, one process serves the whole API (embedded\n"
+            "mode: SQLite and images in the data dir). In production, run 'serve security'\n"
+            "and 'serve uploader' separately behind the NGINX gateway (see deploy/).\n"
+            "The database schema is upgraded at start (IMAGEGATE_MIGRATE_ON_START)."
+        ),
+    )
+    serve.add_argument(
+        "role",
+        nargs="?",
+        choices=ALL_ROLES,
+        metavar="ROLE",
+        help="serve only 'security' (accounts, tokens) or 'uploader' (images)",
+    )
+    serve.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: 8080)")
     serve.add_argument(
         "--demo",
         action="store_true",
         default=None,
-        help=f"create the seed's demo user {DEMO_LOGIN}/{DEMO_PASSWORD} if absent",
+        help=f"create the demo account {DEMO_LOGIN} / {DEMO_PASSWORD} if absent "
+        "(never on a reachable host)",
     )
     tls = serve.add_mutually_exclusive_group()
     tls.add_argument(
         "--tls",
         action="store_true",
         default=None,
-        help="HTTPS with a self-signed certificate generated into the data dir",
+        help="serve HTTPS with a self-signed certificate generated into DIR/tls",
     )
-    tls.add_argument("--cert", help="HTTPS certificate file (with --key)")
-    serve.add_argument("--key", help="HTTPS private key file (with --cert)")
+    tls.add_argument("--cert", metavar="FILE", help="serve HTTPS with this certificate (PEM)")
+    serve.add_argument("--key", metavar="FILE", help="the private key for --cert (PEM)")
     _common(serve)
 
-    user = sub.add_parser("user", help="manage accounts")
-    user_sub = user.add_subparsers(dest="user_command", required=True)
-    add = user_sub.add_parser("add", help="create an account; password from a prompt or stdin")
-    add.add_argument("login")
+    user = _command(
+        sub,
+        "user",
+        "manage accounts",
+        "imagegate user add alice",
+        "imagegate user list",
+        "imagegate user delete alice",
+    )
+    user_sub = user.add_subparsers(
+        dest="user_command", required=True, metavar="ACTION", title="actions"
+    )
+    add = _command(
+        user_sub,
+        "add",
+        "create an account",
+        "imagegate user add alice                           # asks for the password",
+        "printf '%s\\n' \"$PASSWORD\" | imagegate user add alice   # in a script",
+        description=(
+            "Create an account. On a terminal the password is asked for twice; otherwise it\n"
+            "is the first line of standard input. The password policy applies (at least 12\n"
+            "characters, not a common password)."
+        ),
+    )
+    add.add_argument("login", help="3-64 characters of a-z 0-9 . _ - (folded to lower case)")
     _common(add)
-    lst = user_sub.add_parser("list", help="list accounts")
+    lst = _command(
+        user_sub,
+        "list",
+        "list accounts",
+        "imagegate user list",
+        description="List accounts, one a line: login, id, creation time, images and bytes,\n"
+        "separated by tabs.",
+    )
     _common(lst)
-    delete = user_sub.add_parser("delete", help="delete an account and all its images")
+    delete = _command(
+        user_sub,
+        "delete",
+        "delete an account and all its images",
+        "imagegate user delete alice",
+    )
     delete.add_argument("login")
     _common(delete)
 
-    storage = sub.add_parser("storage", help="image storage")
-    storage_sub = storage.add_subparsers(dest="storage_command", required=True)
-    init = storage_sub.add_parser(
-        "init", help="S3: create the bucket; anonymous reads of public images only"
+    storage = _command(sub, "storage", "set up image storage", "imagegate storage init")
+    storage_sub = storage.add_subparsers(
+        dest="storage_command", required=True, metavar="ACTION", title="actions"
+    )
+    init = _command(
+        storage_sub,
+        "init",
+        "S3 storage: create the bucket; anonymous reads of public images only",
+        "IMAGEGATE_STORAGE=s3 IMAGEGATE_S3_ENDPOINT=http://127.0.0.1:9000 \\\n"
+        "    IMAGEGATE_S3_ACCESS_KEY=... IMAGEGATE_S3_SECRET_KEY=... imagegate storage init",
     )
     _common(init)
 
-    keys = sub.add_parser("keys", help="token signing keys")
-    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    pub = keys_sub.add_parser(
-        "public", help="print the public key (for services that only verify tokens)"
+    keys = _command(sub, "keys", "token signing keys", "imagegate keys public > jwt-public.pem")
+    keys_sub = keys.add_subparsers(
+        dest="keys_command", required=True, metavar="ACTION", title="actions"
+    )
+    pub = _command(
+        keys_sub,
+        "public",
+        "print the public key that verifies tokens",
+        "imagegate keys public > jwt-public.pem",
+        description=(
+            "Print the public key that verifies tokens (PEM), creating the signing key in\n"
+            "the data dir if there is none. Give it to the services that only verify\n"
+            "tokens (IMAGEGATE_JWT_PUBLIC_KEY_FILE)."
+        ),
     )
     _common(pub)
 
-    certs = sub.add_parser("tls", help="certificates")
-    tls_sub = certs.add_subparsers(dest="tls_command", required=True)
-    cert = tls_sub.add_parser(
-        "self-signed", help="write cert.pem and key.pem for local HTTPS into a folder"
+    certs = _command(
+        sub,
+        "tls",
+        "certificates for HTTPS",
+        "imagegate tls self-signed deploy/tls --host localhost",
     )
-    cert.add_argument("folder")
-    cert.add_argument("--host", action="append", default=[], help="a DNS name (repeatable)")
+    tls_sub = certs.add_subparsers(
+        dest="tls_command", required=True, metavar="ACTION", title="actions"
+    )
+    cert = _command(
+        tls_sub,
+        "self-signed",
+        "write a self-signed cert.pem and key.pem into a folder, for local HTTPS",
+        "imagegate tls self-signed deploy/tls --host localhost --host images.internal",
+    )
+    cert.add_argument("folder", help="where to write cert.pem and key.pem")
+    cert.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a DNS name the certificate is for (repeatable; default: localhost)",
+    )
 
-    spec = sub.add_parser("openapi", help="print the OpenAPI description of every route")
+    spec = _command(
+        sub,
+        "openapi",
+        "print the OpenAPI description of every route (JSON)",
+        "imagegate openapi > openapi.json",
+    )
     _common(spec)
 
-    db = sub.add_parser("db", help="database schema")
-    db_sub = db.add_subparsers(dest="db_command", required=True)
-    up = db_sub.add_parser("upgrade", help="apply migrations")
+    db = _command(sub, "db", "database schema", "imagegate db upgrade")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION", title="actions")
+    up = _command(
+        db_sub,
+        "upgrade",
+        "bring the database schema up to date",
+        "imagegate db upgrade --database-url postgresql://imagegate:...@db/imagegate",
+        description=(
+            "Bring the database schema up to date. 'serve' does it at start unless\n"
+            "IMAGEGATE_MIGRATE_ON_START=false; then run this once per release."
+        ),
+    )
     _common(up)
     return parser
 
@@ -122,7 +286,14 @@ def _settings(args: argparse.Namespace) -> Settings:
             "tls_cert": args.cert,
             "tls_key": args.key,
         }
-    return load_settings(**flags)
+    try:
+        return load_settings(**flags)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SystemExit(f"error: invalid settings: {problems}") from None
 
 
 def _configure_logging(level: str) -> None:
@@ -133,11 +304,23 @@ def _configure_logging(level: str) -> None:
     )
 
 
+def _log_level(args: argparse.Namespace, settings: Settings) -> str:
+    """The server logs at IMAGEGATE_LOG_LEVEL; an admin command prints only its answer, so it
+    logs warnings and errors unless asked otherwise with its own --log-level flag."""
+    if args.command == "serve":
+        return settings.log_level
+    return str(getattr(args, "log_level", None) or "warning")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _read_password() -> str:
     if sys.stdin.isatty():
         first = getpass.getpass("Password: ")
         if first != getpass.getpass("Repeat password: "):
-            raise SystemExit("passwords do not match")
+            raise SystemExit("error: passwords do not match")
         return first
     return sys.stdin.readline().rstrip("\r\n")
 
@@ -196,7 +379,7 @@ async def _list_users(settings: Settings) -> None:
         for account in await queries.accounts(session):
             print(
                 f"{account.login}\t{account.id}\t{account.created_at.isoformat()}\t"
-                f"{account.images} images\t{account.bytes} bytes"
+                f"{_count(account.images, 'image')}\t{_count(account.bytes, 'byte')}"
             )
 
 
@@ -204,14 +387,15 @@ async def _delete_user(settings: Settings, login: str) -> None:
     async with _session(settings) as session:
         user = await queries.user_by_login(session, normalize_login(login))
         if user is None:
-            raise SystemExit(f"no such user: {login}")
+            raise SystemExit(f"error: no such user: {login}")
         images = [(i.name, i.public) for i in await queries.images_of(session, user.id)]
+        deleted = user.login
         await session.delete(user)  # images' rows go by ON DELETE CASCADE
         await session.commit()
     storage = build_storage(settings)
     for name, public in images:  # records first, then bytes: see storage/reconcile.py
         await storage.delete(name, public=public)
-    print(f"deleted {login} and {len(images)} images")
+    print(f"deleted {deleted} and {_count(len(images), 'image')}")
 
 
 def _serve(settings: Settings, role: Role | None) -> None:
@@ -236,14 +420,17 @@ def _serve(settings: Settings, role: Role | None) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     settings = _settings(args)
-    _configure_logging(settings.log_level)
+    _configure_logging(_log_level(args, settings))
     try:
         if args.command == "serve":
             _serve(settings, args.role)
         elif args.command == "db":
             prepare_data_dir(settings.data_dir)
-            upgrade(settings.effective_database_url)
-            print("database is at the latest schema")
+            before, after = upgrade(settings.effective_database_url)
+            if before == after:
+                print(f"database schema is up to date (revision {after})")
+            else:
+                print(f"database schema upgraded from {before or 'empty'} to revision {after}")
         elif args.command == "tls":
             hosts = tuple(args.host) or ("localhost",)
             cert_path, key_path = ensure_self_signed(Path(args.folder), hosts)
@@ -253,7 +440,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "storage":
             store = build_storage(settings)
             if not isinstance(store, S3Storage):
-                raise SystemExit("storage init is for S3 storage (IMAGEGATE_STORAGE=s3)")
+                raise SystemExit("error: storage init is for S3 storage (IMAGEGATE_STORAGE=s3)")
             store.init_bucket()
             print(f"bucket {store.bucket} ready: anonymous reads of public/* only")
         elif args.command == "keys":

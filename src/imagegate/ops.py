@@ -15,7 +15,7 @@ router = APIRouter(tags=["operations"])
 log = logging.getLogger("imagegate")
 
 
-@router.get("/status", summary="Liveness (the seed's answer)")
+@router.get("/status", summary='Liveness: always {"status": "OK"}, as in the reference design')
 async def status() -> dict[str, str]:
     return {"status": "OK"}
 

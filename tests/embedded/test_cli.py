@@ -52,7 +52,7 @@ def test_user_add_list_delete(tmp_path: Path) -> None:
             auth = {"Authorization": f"Bearer {token.text}"}
             up = c.post("/v1/upload", content=images.jpeg(64, 64), headers=auth)
             assert up.status_code == 201
-            # No --demo: the seed's user does not exist.
+            # No --demo: the demo user does not exist.
             assert (
                 c.post("/v1/token", json={"login": "bob", "password": "qwe123"}).status_code == 401
             )
@@ -61,7 +61,7 @@ def test_user_add_list_delete(tmp_path: Path) -> None:
 
     deleted = imagegate("user", "delete", "carol", "--data-dir", data)
     assert deleted.returncode == 0, deleted.stderr
-    assert "1 images" in deleted.stdout
+    assert deleted.stdout == "deleted carol and 1 image\n"
     assert list((tmp_path / "data" / "images").iterdir()) == []
     assert imagegate("user", "list", "--data-dir", data).stdout == ""
 

@@ -149,7 +149,7 @@ class S3Storage:
             body.close()
 
     def init_bucket(self) -> None:
-        """The seed's ``createbuckets``: the bucket, and anonymous reads of ``public/`` only."""
+        """Create the bucket; allow anonymous reads of ``public/`` only."""
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except ClientError:

@@ -1,4 +1,4 @@
-"""The seed's curl session (steps 1-4), run verbatim but for host and port."""
+"""The reference design's curl session (steps 1-4), run verbatim but for host and port."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(["curl", "-k", *args], capture_output=True, check=True, timeout=60)
 
 
-def test_seed_curl_session_runs_verbatim(target: Target, tmp_path: Path) -> None:
+def test_reference_curl_session_runs_verbatim(target: Target, tmp_path: Path) -> None:
     host = target.base_url
     (tmp_path / "optimize.jpg").write_bytes(jpeg(900, 600, quality=95))
 
@@ -30,7 +30,7 @@ def test_seed_curl_session_runs_verbatim(target: Target, tmp_path: Path) -> None
     ).stdout.decode()
     assert token.count(".") == 2 and " " not in token and "{" not in token
 
-    # 2. the upload, with the seed's odd Content-Type
+    # 2. the upload, with the reference design's odd Content-Type
     out = curl(
         "-X",
         "POST",
