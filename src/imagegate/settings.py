@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     )
     http_max_headers: int = Field(100, ge=8, description="Header lines a request may have (431).")
     http_header_timeout_seconds: float = Field(
-        60.0, gt=0, description="Time to receive a request's headers (then the connection closes)."
+        60.0, gt=0, description="Time to receive a request's headers: 408, or a close if none came."
     )
     http_body_timeout_seconds: float = Field(
         60.0, gt=0, description="Longest pause between two parts of a request body (408)."
@@ -107,7 +107,12 @@ class Settings(BaseSettings):
     login_window_seconds: int = Field(300, gt=0)
     login_lockout_seconds: int = Field(60, gt=0)
     login_lockout_max_seconds: int = Field(900, gt=0)
-    # (issue: throttle under concurrency and device trust — settings added here)
+    login_device_lifetime_seconds: int = Field(
+        30 * 86400,
+        ge=0,
+        description="Lifetime of the device cookie a successful login sets; attempts with it "
+        "are throttled on their own, so strangers cannot lock the owner out (0: no cookies).",
+    )
 
     # Uploads
     upload_max_bytes: int = Field(40 * MIB, gt=0)
@@ -116,19 +121,27 @@ class Settings(BaseSettings):
     image_max_frames: int = Field(900, gt=0)
     codec_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     codec_queue: int = Field(
-        64, ge=0, description="Uploads that may wait for a codec worker (each waits on disk)."
+        64,
+        ge=0,
+        description="Uploads in progress beyond the codec workers (receiving, or waiting on "
+        "disk for a worker); one more is answered 503 before its body is read.",
     )
     codec_timeout_seconds: float = Field(
         60.0, gt=0, description="Ceiling of the per-image processing budget."
     )
     codec_seconds_per_megapixel: float = Field(
-        1.0, gt=0, description="Processing budget per megapixel (all frames), up to the ceiling."
+        2.0,
+        gt=0,
+        description="CPU budget per megapixel (all frames), up to the ceiling (AVIF needs ~0.8).",
     )
     codec_min_seconds: float = Field(
         5.0, gt=0, description="Processing budget of the smallest image."
     )
     codec_memory_mib: int = Field(
-        2048, ge=256, description="Hard address-space ceiling of each codec worker (RLIMIT_AS)."
+        3072,
+        ge=256,
+        description="Hard address-space ceiling of each codec worker (RLIMIT_AS); a 48 MP AVIF "
+        "peaks at 2.3 GiB.",
     )
     codec_recycle_mib: int = Field(
         512, ge=64, description="A worker whose memory grew past this after a job is replaced."
@@ -140,7 +153,10 @@ class Settings(BaseSettings):
         "workers, at least 1).",
     )
     codec_account_queue: int = Field(
-        4, ge=0, description="Uploads of one account that may wait for a worker."
+        4,
+        ge=0,
+        description="Uploads of one account in progress beyond its workers (receiving or "
+        "waiting); one more is answered 503 before its body is read.",
     )
     image_max_scans: int = Field(
         100, ge=1, description="Scans of a progressive JPEG (each one is a full decoding pass)."

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.conftest import Account
+from tests.conftest import Account, Target
 from tests.support import images
 
 
@@ -45,10 +45,18 @@ def test_listing_rejects_bad_parameters(client: httpx.Client, account: Account) 
         assert r.json()["error"]
 
 
-def test_delete_removes_record_and_bytes(client: httpx.Client, account: Account) -> None:
+def test_delete_removes_record_and_bytes(
+    target: Target, client: httpx.Client, account: Account
+) -> None:
     body = _upload(client, account, 5)
     name = body["filename"]
+    before = target.stored_files()
+    if before is not None:  # a local folder (embedded mode); the stack checks its bucket
+        assert f"images/{name}" in before
     assert client.delete(f"/v1/images/{name}", headers=account.auth).status_code == 204
+    after = target.stored_files()
+    if before is not None:
+        assert after == before - {f"images/{name}"}  # the bytes went with the record
     assert client.get(f"/images/{name}").status_code == 404
     assert client.get(f"/v1/user/{name}", headers=account.auth).status_code == 404
     info = client.get("/v1/user", headers=account.auth).json()

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from tests.conftest import Account, Target
 from tests.support import images
@@ -108,12 +108,67 @@ def test_metadata_is_stripped_and_orientation_applied(
 def test_metadata_is_stripped_without_reencoding_when_that_is_smaller(
     client: httpx.Client, account: Account
 ) -> None:
-    data = images.jpeg(600, 400, quality=40, gps=True)
+    """A JPEG already compressed harder than the service would: the original is kept, only its
+    metadata cut out, so its pixels and quantization tables are exactly the original's."""
+    data = images.jpeg(600, 400, quality=40, gps=True, comment=b"secret comment")
     r = upload(client, account, data)
+    assert r.status_code == 201, r.text
     served = client.get(r.json()["url"]).content
     assert len(served) < len(data)
+    assert r.json()["bytes"] == len(served)
     assert b"TestCam" not in served
-    assert not Image.open(io.BytesIO(served)).getexif()
+    assert b"secret comment" not in served
+    original, stored = Image.open(io.BytesIO(data)), Image.open(io.BytesIO(served))
+    assert not stored.getexif()
+    assert "comment" not in stored.info
+    # A re-encode (at quality 80) would change both; a lossless strip changes neither.
+    assert stored.quantization == original.quantization  # type: ignore[attr-defined]
+    assert stored.tobytes() == original.tobytes()
+
+
+XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description>SECRET-XMP-42</rdf:Description>'
+XMP += b"</x:xmpmeta>"
+
+
+def _with_metadata(fmt: str, quality: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    exif[images.GPS_IFD] = {1: "N", 2: (55.0, 45.0, 21.0)}
+    img = images.photo(320, 240)
+    if fmt == "PNG":
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", XMP.decode())
+        return images.encode(img, fmt, pnginfo=info, exif=exif.tobytes())
+    return images.encode(img, fmt, quality=quality, exif=exif.tobytes(), xmp=XMP)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "quality"),
+    [
+        ("JPEG", 30),  # the stripped original is smaller: kept
+        ("JPEG", 97),  # re-encoded
+        ("PNG", 0),
+        ("WEBP", 30),
+        ("WEBP", 97),
+        ("AVIF", 30),
+        ("AVIF", 95),
+    ],
+)
+def test_xmp_and_exif_are_stripped_from_every_format(
+    client: httpx.Client, account: Account, fmt: str, quality: int
+) -> None:
+    data = _with_metadata(fmt, quality)
+    assert b"SECRET-XMP-42" in data and b"TestCam" in data  # the check below can fail
+    r = upload(client, account, data)
+    assert r.status_code == 201, r.text
+    served = client.get(r.json()["url"]).content
+    assert b"SECRET-XMP-42" not in served
+    assert b"xmpmeta" not in served
+    assert b"TestCam" not in served
+    img = Image.open(io.BytesIO(served))
+    assert img.format == fmt
+    assert not img.getexif()
+    assert "xmp" not in img.info and "XML:com.adobe.xmp" not in img.info
 
 
 @pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"])
@@ -253,7 +308,11 @@ def test_oversized_images_are_422(
 def test_truncated_or_corrupt_images_are_422(
     client: httpx.Client, account: Account, data: bytes
 ) -> None:
-    assert_error(upload(client, account, data), 422, "corrupt")
+    r = upload(client, account, data)
+    assert_error(r, 422, "")
+    # The message names the problem: damaged, or cut short (the codec says which it found).
+    message = r.json()["error"]
+    assert "corrupt" in message or "ends early" in message, message
 
 
 @pytest.mark.usefixtures("nothing_stored")

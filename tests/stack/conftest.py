@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import ssl
 import subprocess
 import sys
@@ -12,7 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
+import boto3
 import httpx
 import pytest
 
@@ -50,12 +53,47 @@ class Stack:
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.urls["ca_bundle"])
 
-    def client(self, **kwargs: object) -> httpx.Client:
-        return httpx.Client(base_url=self.http, timeout=60, **kwargs)
+    def client(self, **kwargs: Any) -> httpx.Client:
+        kwargs.setdefault("timeout", 60)
+        return httpx.Client(base_url=self.http, **kwargs)
 
-    def run(self, action: str, name: str | None = None, *extra: str) -> None:
+    def run(
+        self,
+        action: str,
+        name: str | None = None,
+        *extra: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``deploy/local/stack ACTION [NAME]``; ``env`` adds variables (a component's settings)."""
         cmd = [*STACK, action, *([name] if name else []), *extra]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+        full_env = {**os.environ, **env} if env else None
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=full_env)
+        assert done.returncode == 0, (cmd, done.stdout[-2000:], done.stderr[-2000:])
+
+    def s3(self) -> Any:
+        """A boto3 S3 client with the services' own credentials."""
+        env = self.env("uploader")
+        return boto3.client(
+            "s3",
+            endpoint_url=env["IMAGEGATE_S3_ENDPOINT"],
+            aws_access_key_id=env["IMAGEGATE_S3_ACCESS_KEY"],
+            aws_secret_access_key=env["IMAGEGATE_S3_SECRET_KEY"],
+            region_name="us-east-1",
+        )
+
+    def object_keys(self) -> set[str]:
+        """Every key in the bucket (``public/…``, ``private/…``)."""
+        keys: set[str] = set()
+        paginator = self.s3().get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.urls["bucket"]):
+            keys |= {o["Key"] for o in page.get("Contents", [])}
+        return keys
+
+    def service_urls(self, role: str) -> list[str]:
+        """Each replica of a service, directly (not through the gateway)."""
+        module = stack_module()
+        ports = module.UPLOADER_PORTS if role == "uploader" else module.SECURITY_PORTS
+        return [f"http://127.0.0.1:{p}" for p in ports]
 
     def env(self, role: str) -> dict[str, str]:
         env: dict[str, str] = stack_module().service_env(role)
@@ -75,15 +113,19 @@ class Stack:
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
-    was_up = subprocess.run([*STACK, "status"], capture_output=True).returncode == 0
+    # Set-up has its own budgets (pytest's per-test timeout covers the test body only): a cold
+    # `up` installs NGINX and PostgreSQL and builds MinIO.
+    was_up = subprocess.run([*STACK, "status"], capture_output=True, timeout=120).returncode == 0
     if not was_up:
         up = subprocess.run([*STACK, "up", "--demo"], capture_output=True, text=True, timeout=3000)
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-5000:]
     urls = json.loads(
-        subprocess.run([*STACK, "urls"], capture_output=True, text=True, check=True).stdout
+        subprocess.run(
+            [*STACK, "urls"], capture_output=True, text=True, check=True, timeout=60
+        ).stdout
     )
     s = Stack(urls)
     s.wait_healthy()
     yield s
     if not was_up:
-        subprocess.run([*STACK, "down"], capture_output=True, timeout=300)
+        subprocess.run([*STACK, "down"], capture_output=True, timeout=600)

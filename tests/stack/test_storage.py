@@ -1,0 +1,252 @@
+"""The bucket behind the gateway: what refused and deleted uploads leave in MinIO (nothing),
+orphans cleared after their grace time, `imagegate storage init`, POSTs never replayed on
+another replica, and metrics that add up across replicas."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Account, register_and_login
+from tests.contract.test_ops import metric, metric_samples
+from tests.stack.conftest import Stack
+from tests.support import images
+
+MIB = 1024 * 1024
+
+
+def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _upload(c: httpx.Client, account: Account, data: bytes, **params: str) -> httpx.Response:
+    return c.post("/v1/upload", content=data, headers=account.auth, params=params)
+
+
+def test_refused_uploads_leave_no_object_in_the_bucket(stack: Stack) -> None:
+    with stack.client() as c:
+        account = register_and_login(c)
+        before = stack.object_keys()
+        refused = {
+            "empty": (b"", 400),
+            "not-an-image": (images.NOT_IMAGES[sorted(images.NOT_IMAGES)[0]], 415),
+            "truncated": (images.jpeg(400, 300)[:3000], 422),
+            "corrupt": (b"\x89PNG\r\n\x1a\n" + b"garbage" * 50, 422),
+            "too-many-pixels": (images.png_header_only(8_000, 8_000), 422),
+            "too-many-frames": (images.gif_many_frames(901), 422),
+            "over-the-cap": (b"\xff\xd8\xff" + b"\0" * (40 * MIB + 1), 413),
+        }
+        for kind, (data, status) in refused.items():
+            r = _upload(c, account, data)
+            assert r.status_code == status, (kind, r.status_code, r.text)
+            assert r.json()["error"], kind
+        bad_visibility = _upload(c, account, images.jpeg(64, 64), visibility="secret")
+        assert bad_visibility.status_code == 422
+        info = c.get("/v1/user", headers=account.auth).json()
+        assert (info["images"], info["bytes"]) == (0, 0)
+    # Checked at once: a refusal is answered after its bytes are gone, not eventually.
+    assert stack.object_keys() == before
+
+
+def test_delete_removes_the_object_from_the_bucket(stack: Stack) -> None:
+    with stack.client() as c:
+        account = register_and_login(c)
+        public = _upload(c, account, images.jpeg(64, 64, seed=1)).json()["filename"]
+        private = _upload(c, account, images.jpeg(64, 64, seed=2), visibility="private")
+        private_name = private.json()["filename"]
+        keys = stack.object_keys()
+        assert {f"public/{public}", f"private/{private_name}"} <= keys
+        for name in (public, private_name):
+            assert c.delete(f"/v1/images/{name}", headers=account.auth).status_code == 204
+        assert stack.object_keys() == keys - {f"public/{public}", f"private/{private_name}"}
+
+
+def _restart_uploader(stack: Stack, name: str, env: dict[str, str] | None = None) -> None:
+    stack.run("stop", name)
+    stack.run("start", name, env=env)
+
+
+def test_orphans_are_removed_at_start_after_the_grace_time(stack: Stack) -> None:
+    grace = 10
+    bucket = stack.urls["bucket"]
+    s3 = stack.s3()
+    with stack.client() as c:
+        account = register_and_login(c)
+        kept = _upload(c, account, images.jpeg(64, 64, seed=7)).json()["filename"]
+    old_orphan = f"public/{uuid.uuid4()}.jpg"
+    s3.put_object(Bucket=bucket, Key=old_orphan, Body=images.jpeg(32, 32), ContentType="image/jpeg")
+    put_at = time.time()
+    # Wait for the event itself: the object being older than the grace (by the clock that
+    # start-up compares with, MinIO's LastModified).
+    _wait_until(lambda: time.time() - put_at > grace + 1, "the orphan to age", timeout=grace + 30)
+    young_orphan = f"private/{uuid.uuid4()}.png"
+    s3.put_object(Bucket=bucket, Key=young_orphan, Body=b"young", ContentType="image/png")
+    young_at = time.time()
+    log_path = stack.state_dir / "logs" / "uploader-1.log"
+    log_size = log_path.stat().st_size
+    try:
+        _restart_uploader(stack, "uploader-1", env={"IMAGEGATE_ORPHAN_GRACE_SECONDS": str(grace)})
+        restarted_within = time.time() - young_at
+        keys = stack.object_keys()
+        assert old_orphan not in keys
+        assert f"public/{kept}" in keys  # recorded images are never orphans, however old
+        if restarted_within < grace - 1:  # still younger than the grace when start-up looked
+            assert young_orphan in keys
+        with open(log_path, "rb") as log:
+            log.seek(log_size)
+            assert b"had no record" in log.read()  # said so, in this start's lines
+    finally:
+        s3.delete_object(Bucket=bucket, Key=young_orphan)
+        _restart_uploader(stack, "uploader-1")
+    with stack.client() as c:
+        assert c.get(f"/images/{kept}").status_code == 200
+
+
+def test_storage_init_creates_a_bucket_with_anonymous_reads_of_public_only(stack: Stack) -> None:
+    bucket = f"init-{uuid.uuid4().hex[:12]}"
+    env = {**os.environ, **stack.env("uploader"), "IMAGEGATE_S3_BUCKET": bucket}
+    s3 = stack.s3()
+    admin = stack.state_dir / "admin"
+
+    def init() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "imagegate", "storage", "init", "--data-dir", str(admin)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    try:
+        first = init()
+        assert first.returncode == 0, first.stderr
+        assert init().returncode == 0  # again: nothing to do, no error
+        s3.put_object(Bucket=bucket, Key="public/a.jpg", Body=b"public bytes")
+        s3.put_object(Bucket=bucket, Key="private/b.jpg", Body=b"private bytes")
+        minio = stack.urls["minio"]
+        assert httpx.get(f"{minio}/{bucket}/public/a.jpg").content == b"public bytes"
+        assert httpx.get(f"{minio}/{bucket}/private/b.jpg").status_code == 403
+        assert httpx.get(f"{minio}/{bucket}?list-type=2").status_code == 403
+        assert httpx.put(f"{minio}/{bucket}/public/c.jpg", content=b"x").status_code == 403
+    finally:
+        for key in ("public/a.jpg", "private/b.jpg"):
+            s3.delete_object(Bucket=bucket, Key=key)
+        s3.delete_bucket(Bucket=bucket)
+
+
+def test_metrics_add_up_across_the_uploader_replicas(stack: Stack) -> None:
+    replicas = stack.service_urls("uploader")
+
+    def scrape() -> list[dict[tuple[str, frozenset[tuple[str, str]]], float]]:
+        return [metric_samples(httpx.get(u + "/metrics", timeout=30).text) for u in replicas]
+
+    with stack.client() as c:
+        account = register_and_login(c)
+        before = scrape()
+        stored = 0
+        for i in range(4):
+            r = _upload(c, account, images.jpeg(48, 48, seed=20 + i))
+            assert r.status_code == 201
+            stored += r.json()["bytes"]
+        for _ in range(3):
+            assert _upload(c, account, b"not an image at all").status_code == 415
+    after = scrape()
+
+    def delta(name: str, **labels: str) -> float:
+        return sum(
+            metric(a, name, **labels) - metric(b, name, **labels)
+            for a, b in zip(after, before, strict=True)
+        )
+
+    assert delta("imagegate_uploads_total", outcome="stored") == 4
+    assert delta("imagegate_uploads_total", outcome="415") == 3
+    route = {"route": "/v1/upload", "method": "POST"}
+    assert delta("imagegate_http_requests_total", **route, status="201") == 4
+    assert delta("imagegate_http_requests_total", **route, status="415") == 3
+    assert delta("imagegate_upload_stored_bytes_total") == stored
+
+
+def _files_of_size(folder: Path, size: int) -> bool:
+    try:
+        return any(p.stat().st_size == size for p in folder.iterdir())
+    except FileNotFoundError:  # a file renamed or removed while we looked
+        return False
+
+
+@pytest.mark.slow
+def test_a_post_cut_off_by_a_dying_replica_is_not_replayed_on_another(stack: Stack) -> None:
+    """NGINX may retry idempotent requests on the other replica; an upload must not be, or a
+    replica that dies after storing would leave the client's one upload stored twice."""
+    data = images.encode(images.photo(3000, 2000), "PNG")  # about 2 s of codec work
+    tmp = {name: stack.state_dir / name / "tmp" for name in ("uploader-1", "uploader-2")}
+    with stack.client() as c:
+        account = register_and_login(c)
+    keys_before = stack.object_keys()
+    answers: list[tuple[str, int, dict[str, object]]] = []
+    cut_off: str | None = None
+    try:
+        for _ in range(8):
+            rid = f"noretry-{uuid.uuid4().hex}"
+            reply: list[httpx.Response | Exception] = []
+
+            def send(rid: str = rid, reply: list[httpx.Response | Exception] = reply) -> None:
+                try:
+                    with stack.client(timeout=180) as c:
+                        reply.append(
+                            c.post(
+                                "/v1/upload",
+                                content=data,
+                                headers={**account.auth, "X-Request-Id": rid},
+                            )
+                        )
+                except httpx.HTTPError as exc:
+                    reply.append(exc)
+
+            sender = threading.Thread(target=send)
+            sender.start()
+            # Which replica has it: the one whose tmp/ holds the whole body, being processed.
+            _wait_until(
+                lambda t=sender: (
+                    not t.is_alive() or any(_files_of_size(d, len(data)) for d in tmp.values())
+                ),
+                "the body at a replica",
+            )
+            on_first = _files_of_size(tmp["uploader-1"], len(data))
+            if on_first:
+                stack.run("kill", "uploader-1")
+            sender.join(180)
+            assert not sender.is_alive()
+            got = reply[0]
+            assert isinstance(got, httpx.Response), got
+            answers.append((rid, got.status_code, got.json()))
+            if on_first and got.status_code != 201:
+                cut_off = rid
+                break
+            if on_first:  # it finished before the kill landed: bring it back and try again
+                stack.run("start", "uploader-1")
+        assert cut_off is not None, f"no upload was cut off in 8 attempts: {answers}"
+    finally:
+        stack.run("start", "uploader-1")
+    status, body = next((s, b) for r, s, b in answers if r == cut_off)
+    assert status == 502, (status, body)  # the gateway's own error, not a replay's 201
+    assert body["error"]
+    stored = {str(b["filename"]) for _, s, b in answers if s == 201}
+    with stack.client() as c:
+        listed = c.get("/v1/images", headers=account.auth).json()["items"]
+    assert {i["filename"] for i in listed} == stored  # nothing stored twice, nothing extra
+    new_keys = stack.object_keys() - keys_before
+    assert new_keys == {f"public/{name}" for name in stored}
+    logs = stack.state_dir / "logs"
+    assert f"rid={cut_off}" not in (logs / "uploader-2.log").read_text()
