@@ -1,6 +1,6 @@
 """imagegate benchmarks: every number next to the ceiling it could reach, measured in one run.
 
-    bench/run [--quick] [--json FILE]
+    bench/run [--quick] [--json FILE] [--only limits]
 
 Load comes from wrk (Debian's), one thread, driven by Lua scripts; its own ceiling is the NGINX
 static baseline. Targets: embedded mode (`imagegate serve`) and the local production stack
@@ -8,6 +8,12 @@ static baseline. Targets: embedded mode (`imagegate serve`) and the local produc
 auth_request path to the real security service (with and without the cache) in front of that
 trivial upstream, MinIO direct, a bare Pillow decode+encode loop on all cores, a bare FastAPI
 endpoint served like imagegate, and Argon2 alone.
+
+Every row from a load run records wrk's counts (requests, socket errors, answers other than
+2xx/3xx); bench/validate.py fails rows whose failures exceed 1 % unless they measure refusals on
+purpose (``rejections``). The connection limits' rows (``--only limits`` runs just those) compare
+embedded mode before them (commit BEFORE_LIMITS, unpacked by ``git archive``) with the working
+tree, in alternating rounds.
 """
 
 from __future__ import annotations
@@ -48,21 +54,48 @@ PY = sys.executable
 
 @dataclass
 class Row:
+    """One number. ``requests``, ``errors`` (wrk's socket errors: connect, read, write,
+    timeout) and ``non2xx`` (answers other than 2xx/3xx) count the load run(s) behind it, null
+    for numbers that are not from wrk; ``rejections`` marks rows that measure refusals on
+    purpose, which bench/validate.py does not hold to its error budget."""
+
     scenario: str
     target: str
     metric: str
     value: float
     baseline: float | None = None
     ratio: float | None = None
+    requests: int | None = None
+    errors: int | None = None
+    non2xx: int | None = None
+    rejections: bool = False
 
 
 @dataclass
 class Load:
-    rps: float
+    rps: float  # answers with 2xx/3xx per second
     p50_ms: float
     p99_ms: float
     requests: int
-    errors: int
+    errors: int  # socket errors
+    non2xx: int  # answers other than 2xx/3xx
+
+    @classmethod
+    def combine(cls, loads: list[Load]) -> Load:
+        """Medians of the rates and latencies, sums of the counts (alternating rounds)."""
+        return cls(
+            statistics.median(x.rps for x in loads),
+            statistics.median(x.p50_ms for x in loads),
+            statistics.median(x.p99_ms for x in loads),
+            sum(x.requests for x in loads),
+            sum(x.errors for x in loads),
+            sum(x.non2xx for x in loads),
+        )
+
+    @classmethod
+    def rate(cls, value: float) -> Load:
+        """A rate that is not from wrk (no requests counted)."""
+        return cls(value, 0.0, 0.0, 0, 0, 0)
 
 
 class Bench:
@@ -73,26 +106,40 @@ class Bench:
         self.rows: list[Row] = []
 
     def add(
-        self, scenario: str, target: str, metric: str, value: float, baseline: float | None = None
+        self,
+        scenario: str,
+        target: str,
+        metric: str,
+        value: float,
+        baseline: float | None = None,
+        *,
+        load: Load | None = None,
+        rejections: bool = False,
     ) -> None:
         ratio = round(value / baseline, 3) if baseline else None
         row = Row(scenario, target, metric, round(value, 3), baseline and round(baseline, 3), ratio)
+        if load is not None:
+            row.requests, row.errors, row.non2xx = load.requests, load.errors, load.non2xx
+        row.rejections = rejections
         self.rows.append(row)
         shown = f"  (baseline {row.baseline}, ratio {row.ratio})" if baseline else ""
+        if load is not None and (load.errors or load.non2xx):
+            shown += f"  [{load.errors} socket errors, {load.non2xx} non-2xx/3xx]"
         print(f"{scenario:38} {target:10} {metric:14} {row.value:>12}{shown}", flush=True)
 
     # --- wrk ---------------------------------------------------------------------------
 
-    def alternating(self, *runs: Callable[[int], float]) -> list[float]:
-        """The median of each run, measured in turns (a, b, a, b, ...): on a shared machine, a
-        ratio of two numbers taken seconds apart in one block each mostly measures the noise.
-        Three rounds; one with --quick, which is a smoke test and must stay under 3 minutes."""
+    def alternating(self, *runs: Callable[[int], Load]) -> list[Load]:
+        """Each run measured in turns (a, b, a, b, ...), combined (median rate, summed counts):
+        on a shared machine, a ratio of two numbers taken seconds apart in one block each mostly
+        measures the noise. Three rounds; one with --quick, which is a smoke test and must stay
+        under 3 minutes."""
         seconds = max(2, self.duration // 2)
-        samples: list[list[float]] = [[] for _ in runs]
+        samples: list[list[Load]] = [[] for _ in runs]
         for _ in range(1 if self.quick else 3):
             for run, got in zip(runs, samples, strict=True):
                 got.append(run(seconds))
-        return [statistics.median(got) for got in samples]
+        return [Load.combine(got) for got in samples]
 
     def wrk(
         self,
@@ -116,9 +163,9 @@ class Bench:
             )
         lines.append(
             "done = function(s, lat, req)\n"
-            '  io.write(string.format("BENCHJSON %d %d %d %d %d\\n", s.requests, s.duration,'
-            " s.errors.status + s.errors.connect + s.errors.read + s.errors.write"
-            " + s.errors.timeout, lat:percentile(50), lat:percentile(99)))\nend"
+            '  io.write(string.format("BENCHJSON %d %d %d %d %d %d\\n", s.requests, s.duration,'
+            " s.errors.connect + s.errors.read + s.errors.write + s.errors.timeout,"
+            " s.errors.status, lat:percentile(50), lat:percentile(99)))\nend"
         )
         script.write_text("\n".join(lines) + "\n")
         seconds = duration or self.duration
@@ -139,9 +186,9 @@ class Bench:
             timeout=seconds + 60,
         ).stdout
         line = next(x for x in out.splitlines() if x.startswith("BENCHJSON"))
-        requests, dur_us, errors, p50, p99 = (int(v) for v in line.split()[1:])
-        ok = requests - errors
-        return Load(ok / (dur_us / 1e6), p50 / 1000, p99 / 1000, requests, errors)
+        requests, dur_us, errors, non2xx, p50, p99 = (int(v) for v in line.split()[1:])
+        ok = max(0, requests - non2xx)
+        return Load(ok / (dur_us / 1e6), p50 / 1000, p99 / 1000, requests, errors, non2xx)
 
 
 # --- images ------------------------------------------------------------------------------
@@ -217,10 +264,10 @@ def argon2_ceiling() -> float:
 # --- process helpers ---------------------------------------------------------------------
 
 
-def tree_rss(pids: list[int]) -> int:
-    """Resident bytes of these processes and all their descendants."""
+def tree_rss(pids: list[int], *, descendants: bool = True) -> int:
+    """Resident bytes of these processes and (by default) all their descendants."""
     children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
+    for entry in Path("/proc").iterdir() if descendants else ():
         if entry.name.isdigit():
             try:
                 ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
@@ -241,13 +288,13 @@ def tree_rss(pids: list[int]) -> int:
 
 
 @contextmanager
-def peak_rss(pids: list[int]) -> Iterator[list[int]]:
+def peak_rss(pids: list[int], *, descendants: bool = True) -> Iterator[list[int]]:
     peak = [0]
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], tree_rss(pids))
+            peak[0] = max(peak[0], tree_rss(pids, descendants=descendants))
             time.sleep(0.05)
 
     t = threading.Thread(target=sample, daemon=True)
@@ -416,33 +463,32 @@ def measure_target(
         stored |= {f"own-{k}": upload(c, token, IMAGES[k], "private") for k in ("100kb", "5mb")}
 
     creds = json.dumps({"login": "bob", "password": "qwe123"}).encode()
+    # 4 connections: the login throttle lets at most 5 attempts per account be in progress at
+    # once (each reserves its place before the password is checked) and answers 429 to more.
+    # Two cores are busy with 2 Argon2 checks; 4 keep them so.
     load = b.wrk(
         f"{security}/v1/token",
         method="POST",
         body=creds,
-        connections=8,
+        connections=4,
         headers={"Content-Type": "application/json"},
     )
-    b.add("login POST /v1/token", target, "req/s", load.rps, ceilings["argon2"])
+    b.add("login POST /v1/token", target, "req/s", load.rps, ceilings["argon2"], load=load)
 
     load = b.wrk(f"{security}/v1/token/validation", headers=auth)
-    b.add("token validation (direct)", target, "req/s", load.rps, ceilings["framework"])
+    b.add("token validation (direct)", target, "req/s", load.rps, ceilings["framework"], load=load)
 
-    runs: list[Load] = []
-
-    def me(seconds: float) -> float:
-        runs.append(b.wrk(f"{api}/v1/user", headers=auth, duration=seconds))
-        return runs[-1].rps
+    def me(seconds: float) -> Load:
+        return b.wrk(f"{api}/v1/user", headers=auth, duration=seconds)
 
     if framework is None:
-        rate, base = me(b.duration), ceilings["gateway"]
+        mine, base = me(b.duration), ceilings["gateway"]
     else:  # two rates from one process each: compare them in alternating rounds
-        base, rate = b.alternating(lambda s: b.wrk(framework, duration=s).rps, me)
-        b.add("bare FastAPI endpoint, alternating", "baseline", "req/s", base)
-    b.add("GET /v1/user (authenticated)", target, "req/s", rate, base)
-    b.add(
-        "GET /v1/user (authenticated)", target, "p99 ms", statistics.median(r.p99_ms for r in runs)
-    )
+        bare, mine = b.alternating(lambda s: b.wrk(framework, duration=s), me)
+        base = bare.rps
+        b.add("bare FastAPI endpoint, alternating", "baseline", "req/s", base, load=bare)
+    b.add("GET /v1/user (authenticated)", target, "req/s", mine.rps, base, load=mine)
+    b.add("GET /v1/user (authenticated)", target, "p99 ms", mine.p99_ms, load=mine)
 
     for size in ("1mp", "12mp"):
         with peak_rss(uploader_pids) as peak:
@@ -456,14 +502,14 @@ def measure_target(
                 duration=b.duration * (2 if size == "12mp" else 1),
             )
         scenario = f"upload {size.upper()} JPEG"
-        b.add(scenario, target, "images/s", load.rps, ceilings[f"codec-{size}"])
-        b.add(scenario, target, "p50 ms", load.p50_ms)
-        b.add(scenario, target, "p99 ms", load.p99_ms)
-        b.add(scenario, target, "peak RSS MiB", peak[0] / 2**20)
+        b.add(scenario, target, "images/s", load.rps, ceilings[f"codec-{size}"], load=load)
+        b.add(scenario, target, "p50 ms", load.p50_ms, load=load)
+        b.add(scenario, target, "p99 ms", load.p99_ms, load=load)
+        b.add(scenario, target, "peak RSS MiB", peak[0] / 2**20, load=load)
         if size == "12mp":
             bitmap = 4000 * 3000 * 3
             in_flight = CORES  # one upload per codec worker at a time
-            b.add(scenario, target, "RSS/bitmap", (peak[0] - idle) / in_flight / bitmap)
+            b.add(scenario, target, "RSS/bitmap", (peak[0] - idle) / in_flight / bitmap, load=load)
 
     for size in ("100kb", "5mb"):
         conns = 32 if size == "100kb" else 8
@@ -474,6 +520,7 @@ def measure_target(
             "MiB/s",
             load.rps * len(IMAGES[size]) / 2**20,
             ceilings[f"direct-{size}"],
+            load=load,
         )
         load = b.wrk(f"{api}/v1/user/{stored['own-' + size]}", headers=auth, connections=conns)
         b.add(
@@ -482,13 +529,17 @@ def measure_target(
             "MiB/s",
             load.rps * len(IMAGES[size]) / 2**20,
             ceilings[f"direct-{size}"],
+            load=load,
         )
     return stored
 
 
-def run(b: Bench) -> None:
+def run(b: Bench, only: str = "all") -> None:
     make_images()
     print(f"machine: {CORES} cores; wrk -t1; {b.duration} s per load run", flush=True)
+    if only == "limits":
+        limits_before_after(b)
+        return
     stack = stack_module()
     stack_was_up = (
         subprocess.run(
@@ -510,6 +561,106 @@ def run(b: Bench) -> None:
     finally:
         if not stack_was_up:
             subprocess.run([PY, str(ROOT / "deploy/local/stack.py"), "down"], capture_output=True)
+
+
+# The last commit before embedded mode's connection limits (server.py, middleware.BodyTimeout).
+BEFORE_LIMITS = "ba1fce3"
+
+
+def source_at(commit: str, work: Path) -> Path | None:
+    """The ``src`` folder of ``commit``, unpacked by ``git archive`` (no worktree, no change to
+    the repository); None where git or the commit is missing (a shallow clone)."""
+    try:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", commit, "src"], capture_output=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    dest = work / f"src-{commit}"
+    dest.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest / "src"
+
+
+def limits_before_after(b: Bench) -> None:
+    """What the connection limits cost: embedded ``GET /v1/user`` and 1 MP uploads against the
+    code before them (``BEFORE_LIMITS``, same venv) and the working tree's, in alternating
+    rounds; then a flood of 64 KiB header blocks, each refused with 431 (rows marked as
+    rejections), and the server's RSS meanwhile."""
+    src = source_at(BEFORE_LIMITS, b.work)
+    if src is None:
+        print(f"connection limits before/after: skipped, no commit {BEFORE_LIMITS}", flush=True)
+        return
+    base = b.work / "limits"
+    servers = {
+        "before": ServerProcess(base / "before" / "data", env={"PYTHONPATH": str(src)}),
+        "after": ServerProcess(base / "after" / "data"),
+    }
+    for server in servers.values():
+        server.data_dir.parent.mkdir(parents=True)
+    try:
+        auths = {}
+        for name, server in servers.items():
+            try:
+                server.start()
+            except RuntimeError as exc:  # the old code may not run on a newer venv one day
+                if name != "before":
+                    raise
+                print(f"connection limits before/after: skipped, {exc}"[:300], flush=True)
+                return
+            with httpx.Client(base_url=server.base_url, timeout=60) as c:
+                auths[name] = {"Authorization": f"Bearer {login(c)}"}
+
+        def me(name: str) -> Callable[[int], Load]:
+            url = f"{servers[name].base_url}/v1/user"
+            return lambda s: b.wrk(url, headers=auths[name], duration=s)
+
+        def upload_1mp(name: str) -> Callable[[int], Load]:
+            url = f"{servers[name].base_url}/v1/upload"
+            return lambda s: b.wrk(
+                url,
+                method="POST",
+                body=IMAGES["1mp"],
+                headers=auths[name],
+                connections=CORES * 2,
+                duration=s,
+            )
+
+        old, new = b.alternating(me("before"), me("after"))
+        b.add("GET /v1/user before: no conn limits", "embedded", "req/s", old.rps, load=old)
+        b.add("GET /v1/user after: conn limits", "embedded", "req/s", new.rps, old.rps, load=new)
+        old, new = b.alternating(upload_1mp("before"), upload_1mp("after"))
+        b.add("upload 1MP before: no conn limits", "embedded", "images/s", old.rps, load=old)
+        b.add("upload 1MP after: conn limits", "embedded", "images/s", new.rps, old.rps, load=new)
+
+        after = servers["after"]
+        assert after.process is not None
+        pids = [after.process.pid]
+        seconds = max(2, b.duration // 2)
+        # The server process alone: the codec workers take no part in refusing headers.
+        idle = tree_rss(pids, descendants=False)
+        with peak_rss(pids, descendants=False) as peak:
+            load = b.wrk(
+                after.base_url + "/status", headers={"X-Big": "a" * 65536}, duration=seconds
+            )
+        scenario = "64 KiB header block refused (431)"
+        b.add(
+            scenario, "embedded", "refusals/s", load.requests / seconds, load=load, rejections=True
+        )
+        b.add(
+            scenario,
+            "embedded",
+            "peak RSS growth MiB",
+            (peak[0] - idle) / 2**20,
+            load=load,
+            rejections=True,
+        )
+        kept = tree_rss(pids, descendants=False) - idle  # wrk has closed its connections
+        b.add(scenario, "embedded", "RSS kept MiB", kept / 2**20, load=load, rejections=True)
+    finally:
+        for server in servers.values():
+            if server.process is not None:
+                server.stop()
 
 
 def before_after(b: Bench, stack: object, security: str, auth: dict[str, str]) -> None:
@@ -534,10 +685,10 @@ def before_after(b: Bench, stack: object, security: str, auth: dict[str, str]) -
         str(b.work / "before"),
     ]
     with process(cmd, f"http://127.0.0.1:{port}/status", env=env):
-        before = b.wrk(f"http://127.0.0.1:{port}/v1/token/validation", headers=auth).rps
-    after = b.wrk(f"{security}/v1/token/validation", headers=auth).rps
-    b.add("validation before: psycopg, no cache", "stack", "req/s", before)
-    b.add("validation after: asyncpg, cache", "stack", "req/s", after, before)
+        before = b.wrk(f"http://127.0.0.1:{port}/v1/token/validation", headers=auth)
+    after = b.wrk(f"{security}/v1/token/validation", headers=auth)
+    b.add("validation before: psycopg, no cache", "stack", "req/s", before.rps, load=before)
+    b.add("validation after: asyncpg, cache", "stack", "req/s", after.rps, before.rps, load=after)
 
 
 def run_with_stack(b: Bench, stack: object, framework: str) -> None:
@@ -558,14 +709,19 @@ def run_with_stack(b: Bench, stack: object, framework: str) -> None:
     src = b.work / "12mp.jpg"
     src.write_bytes(IMAGES["12mp"])
     shipped = Settings().codec_cache_mib
-    before, after = b.alternating(
-        lambda s: codec_worker_rate(src, 0, s), lambda s: codec_worker_rate(src, shipped, s)
+    before, after = (
+        x.rps
+        for x in b.alternating(
+            lambda s: Load.rate(codec_worker_rate(src, 0, s)),
+            lambda s: Load.rate(codec_worker_rate(src, shipped, s)),
+        )
     )
     b.add("codec worker 12MP before: no block cache", "baseline", "images/s", before)
     b.add("codec worker 12MP after: block cache", "baseline", "images/s", after, before)
 
-    ceilings["framework"] = b.wrk(framework).rps
-    b.add("bare FastAPI endpoint (uvicorn)", "baseline", "req/s", ceilings["framework"])
+    load = b.wrk(framework)
+    ceilings["framework"] = load.rps
+    b.add("bare FastAPI endpoint (uvicorn)", "baseline", "req/s", load.rps, load=load)
 
     security = f"http://127.0.0.1:{stack.SECURITY_PORTS[0]}"  # type: ignore[attr-defined]
     with httpx.Client(base_url=f"http://127.0.0.1:{stack.PLAIN_PORT}") as c:  # type: ignore[attr-defined]
@@ -578,39 +734,57 @@ def run_with_stack(b: Bench, stack: object, framework: str) -> None:
     files = {"tiny.txt": b"ok", "100kb.png": stored_100kb, "5mb.png": stored_5mb}
     with baseline_nginx(b.work, files) as ports:
         static = f"http://127.0.0.1:{ports['static']}"
-        tiny = b.wrk(f"{static}/tiny.txt").rps
-        b.add("NGINX static tiny file (load-generator ceiling)", "baseline", "req/s", tiny)
+        load = b.wrk(f"{static}/tiny.txt")
+        tiny = load.rps
+        b.add(
+            "NGINX static tiny file (load-generator ceiling)", "baseline", "req/s", tiny, load=load
+        )
         for size in ("100kb", "5mb"):
             conns = 32 if size == "100kb" else 8
-            rate = b.wrk(f"{static}/{size}.png", connections=conns).rps
+            load = b.wrk(f"{static}/{size}.png", connections=conns)
             b.add(
                 f"NGINX static {size}",
                 "baseline",
                 "MiB/s",
-                rate * len(files[f"{size}.png"]) / 2**20,
+                load.rps * len(files[f"{size}.png"]) / 2**20,
+                load=load,
             )
         # The ceiling gets the very request the authenticated one is (its Authorization header
         # too), so the ratio is the cost of the check alone; the bare request is shown as well.
         proxy = f"http://127.0.0.1:{ports['proxy']}/x"
-        bare = b.wrk(proxy).rps
-        b.add("NGINX proxy → trivial, no auth header", "baseline", "req/s", bare, tiny)
-        ceilings["gateway"], cached = b.alternating(
-            lambda s: b.wrk(proxy, headers=auth, duration=s).rps,
-            lambda s: (
-                b.wrk(f"http://127.0.0.1:{ports['auth_cache']}/x", headers=auth, duration=s).rps
-            ),
+        load = b.wrk(proxy)
+        b.add(
+            "NGINX proxy → trivial, no auth header", "baseline", "req/s", load.rps, tiny, load=load
         )
-        b.add("NGINX proxy → trivial upstream", "baseline", "req/s", ceilings["gateway"], tiny)
-        b.add("auth_request (cached) → trivial", "stack", "req/s", cached, ceilings["gateway"])
-        uncached = b.wrk(f"http://127.0.0.1:{ports['auth_nocache']}/x", headers=auth).rps
-        b.add("auth_request (no cache) → trivial", "stack", "req/s", uncached, ceilings["gateway"])
+        gateway, cached = b.alternating(
+            lambda s: b.wrk(proxy, headers=auth, duration=s),
+            lambda s: b.wrk(f"http://127.0.0.1:{ports['auth_cache']}/x", headers=auth, duration=s),
+        )
+        ceilings["gateway"] = gateway.rps
+        b.add(
+            "NGINX proxy → trivial upstream", "baseline", "req/s", gateway.rps, tiny, load=gateway
+        )
+        b.add(
+            "auth_request (cached) → trivial",
+            "stack",
+            "req/s",
+            cached.rps,
+            gateway.rps,
+            load=cached,
+        )
+        load = b.wrk(f"http://127.0.0.1:{ports['auth_nocache']}/x", headers=auth)
+        b.add(
+            "auth_request (no cache) → trivial", "stack", "req/s", load.rps, gateway.rps, load=load
+        )
 
     minio = f"http://127.0.0.1:{stack.MINIO_PORT}/{stack.BUCKET}/public"  # type: ignore[attr-defined]
     for size, name in (("100kb", small_name), ("5mb", public_name)):
         conns = 32 if size == "100kb" else 8
-        rate = b.wrk(f"{minio}/{name}", connections=conns).rps
-        ceilings[f"direct-{size}"] = rate * len(files[f"{size}.png"]) / 2**20
-        b.add(f"MinIO direct GET {size}", "baseline", "MiB/s", ceilings[f"direct-{size}"])
+        load = b.wrk(f"{minio}/{name}", connections=conns)
+        ceilings[f"direct-{size}"] = load.rps * len(files[f"{size}.png"]) / 2**20
+        b.add(
+            f"MinIO direct GET {size}", "baseline", "MiB/s", ceilings[f"direct-{size}"], load=load
+        )
 
     before_after(b, stack, security, auth)
 
@@ -647,6 +821,7 @@ def run_with_stack(b: Bench, stack: object, framework: str) -> None:
         )
     finally:
         server.stop()
+    limits_before_after(b)
 
 
 def main(argv: list[str] | None = None, *, on_row: Callable[[Row], None] | None = None) -> None:
@@ -655,11 +830,17 @@ def main(argv: list[str] | None = None, *, on_row: Callable[[Row], None] | None 
     )
     parser.add_argument("--quick", action="store_true", help="short runs (under 3 minutes)")
     parser.add_argument("--json", type=Path, help="write the rows as JSON to this file")
+    parser.add_argument(
+        "--only",
+        choices=("all", "limits"),
+        default="all",
+        help="limits: only the connection limits' rows (embedded, no stack)",
+    )
     args = parser.parse_args(argv)
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="imagegate-bench-") as tmp:
         b = Bench(args.quick, Path(tmp))
-        run(b)
+        run(b, args.only)
     print(f"done in {time.monotonic() - start:.0f} s", flush=True)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in b.rows], indent=1) + "\n")

@@ -1,4 +1,12 @@
-"""Checks a bench/run --json file: a non-empty list of rows with the documented fields."""
+"""Checks a bench/run --json file: a non-empty list of rows with the documented fields, and
+numbers that were measured on answers, not on failures.
+
+A row from a load run carries its counts: ``requests`` (answers), ``errors`` (wrk's socket
+errors: connect, read, write, timeout) and ``non2xx`` (answers other than 2xx/3xx). A row fails
+when its errors and non-2xx answers together exceed ``MAX_FAILED_FRACTION`` of its requests, or
+when its run got no answer at all: a rate computed on refusals or resets measures the failure,
+not the service. Rows marked ``rejections`` measure refusals on purpose and are exempt.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,20 @@ import math
 import sys
 from pathlib import Path
 
-KEYS = {"scenario", "target", "metric", "value", "baseline", "ratio"}
+KEYS = {
+    "scenario",
+    "target",
+    "metric",
+    "value",
+    "baseline",
+    "ratio",
+    "requests",
+    "errors",
+    "non2xx",
+    "rejections",
+}
+COUNTS = ("requests", "errors", "non2xx")
+MAX_FAILED_FRACTION = 0.01
 
 
 def problem(row: object) -> str | None:
@@ -21,6 +42,24 @@ def problem(row: object) -> str | None:
     optional = (row["baseline"], row["ratio"])
     if any(v is not None and not isinstance(v, int | float) for v in optional):
         return "baseline and ratio must be numbers or null"
+    if not isinstance(row["rejections"], bool):
+        return "rejections must be true or false"
+    counts = [row[k] for k in COUNTS]
+    if all(c is None for c in counts):
+        return None  # not from a load run (a Pillow or Argon2 loop, a codec worker)
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+        return "requests, errors and non2xx must all be counts (or all null)"
+    if row["rejections"]:
+        return None
+    requests, errors, non2xx = counts
+    if requests == 0:
+        return "its load run got no answer"
+    failed = errors + non2xx
+    if failed > MAX_FAILED_FRACTION * requests:
+        return (
+            f"{errors} socket errors and {non2xx} non-2xx/3xx answers in {requests} requests: "
+            f"over {MAX_FAILED_FRACTION:.0%}"
+        )
     return None
 
 
@@ -28,9 +67,9 @@ def main(path: str) -> None:
     rows = json.loads(Path(path).read_text())
     if not isinstance(rows, list) or not rows:
         sys.exit(f"{path}: expected a non-empty list of rows")
-    for row in rows:
-        if (why := problem(row)) is not None:
-            sys.exit(f"{path}: {why}: {row}")
+    bad = [f"{why}: {row}" for row in rows if (why := problem(row)) is not None]
+    if bad:
+        sys.exit(f"{path}: {len(bad)} bad rows\n" + "\n".join(bad))
     targets = {row["target"] for row in rows}
     if not {"baseline", "embedded", "stack"} <= targets:
         sys.exit(f"{path}: missing targets; got {sorted(targets)}")

@@ -1,15 +1,19 @@
-"""Plain ASGI middleware: request ids, access log, metrics, and a cap on request bodies."""
+"""Plain ASGI middleware: request ids, access log, metrics, a cap on request bodies, and a
+timeout on stalled ones."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
 import time
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagegate.errors import PayloadTooLarge, error_response
+from imagegate.logs import KEY_ATTR
 from imagegate.metrics import Metrics
 
 access_log = logging.getLogger("imagegate.access")
@@ -65,6 +69,9 @@ class RequestContext:
             method = scope["method"]
             self.metrics.observe_request(template, method, status, elapsed)
             client = scope.get("client") or ("-", 0)
+            # Errors are what a flood produces (429s of a login flood, 413s, 401s of token
+            # guessing): the log handler's FloodFilter samples them per status and route.
+            extra = {KEY_ATTR: (status, method, template)} if status >= 400 else None
             access_log.info(
                 '%s "%s %s" %d %d %.1fms rid=%s',
                 client[0],
@@ -74,6 +81,7 @@ class RequestContext:
                 sent,
                 elapsed * 1000,
                 request_id,
+                extra=extra,
             )
 
 
@@ -107,3 +115,45 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class BodyTimeout:
+    """408 for a request body that stalls: ``seconds`` with no part of it arriving while the app
+    waits for one (NGINX's ``client_body_timeout``). The error is raised from ``receive`` inside
+    the app, so whatever was reading the body cleans up as for any failed read (an upload's temp
+    file is removed), and the answer says ``Connection: close``: the rest of the body is never
+    read. Once the body is complete, ``receive`` is passed through: Starlette waits on it for a
+    disconnect while it streams a response, for as long as that takes."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # GET and HEAD bodies are never read here: nothing to time.
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        seconds = self.seconds
+        complete = False
+
+        async def timed_receive() -> Message:
+            nonlocal complete
+            if complete:
+                return await receive()
+            try:
+                async with asyncio.timeout(seconds):
+                    message = await receive()
+            except TimeoutError:
+                # An HTTPException, so FastAPI's body parsing passes it on instead of making
+                # it a 400; the app's handler answers {"error"} with these headers.
+                raise HTTPException(
+                    408,
+                    f"request body stalled: nothing received for {seconds:g} s",
+                    headers={"Connection": "close"},
+                ) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                complete = True
+            return message
+
+        await self.app(scope, timed_receive, send)
