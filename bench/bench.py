@@ -23,6 +23,7 @@ import asyncio
 import io
 import json
 import os
+import secrets
 import shutil
 import signal
 import statistics
@@ -150,11 +151,23 @@ class Bench:
         headers: dict[str, str] | None = None,
         body: bytes | None = None,
         duration: float | None = None,
+        tokens: list[str] | None = None,
     ) -> Load:
+        """One wrk run; with ``tokens``, requests take turns among those bearer tokens (several
+        accounts, as real traffic has: uploads are shared fairly between accounts)."""
         script = self.work / f"wrk-{time.monotonic_ns()}.lua"
         lines = [f'wrk.method = "{method}"']
         for name, value in (headers or {}).items():
             lines.append(f'wrk.headers["{name}"] = "{value}"')
+        if tokens:
+            quoted = ", ".join(f'"Bearer {t}"' for t in tokens)
+            lines.append(
+                f"local tokens, turn = {{{quoted}}}, 0\n"
+                "request = function()\n"
+                "  turn = turn % #tokens + 1\n"
+                '  wrk.headers["Authorization"] = tokens[turn]\n'
+                "  return wrk.format()\nend"
+            )
         if body is not None:
             body_file = script.with_suffix(".body")
             body_file.write_bytes(body)
@@ -433,6 +446,19 @@ def login(client: httpx.Client) -> str:
     return r.text
 
 
+def uploaders(client: httpx.Client, count: int = CORES) -> list[str]:
+    """Tokens of ``count`` new accounts: upload loads come from several accounts, because one
+    account may hold only its fair share of the codec workers (IMAGEGATE_CODEC_ACCOUNT_WORKERS)."""
+    tokens = []
+    for _ in range(count):
+        creds = {"login": f"bench-{secrets.token_hex(6)}", "password": secrets.token_urlsafe(18)}
+        client.post("/v1/register", json=creds).raise_for_status()
+        r = client.post("/v1/token", json=creds)
+        r.raise_for_status()
+        tokens.append(r.text)
+    return tokens
+
+
 def upload(client: httpx.Client, token: str, data: bytes, visibility: str = "public") -> str:
     r = client.post(
         "/v1/upload",
@@ -461,6 +487,7 @@ def measure_target(
         auth = {"Authorization": f"Bearer {token}"}
         stored = {k: upload(c, token, IMAGES[k]) for k in ("100kb", "5mb")}
         stored |= {f"own-{k}": upload(c, token, IMAGES[k], "private") for k in ("100kb", "5mb")}
+        upload_tokens = uploaders(c)
 
     creds = json.dumps({"login": "bob", "password": "qwe123"}).encode()
     # 4 connections: the login throttle lets at most 5 attempts per account be in progress at
@@ -497,7 +524,7 @@ def measure_target(
                 f"{api}/v1/upload",
                 method="POST",
                 body=IMAGES[size],
-                headers=auth,
+                tokens=upload_tokens,
                 connections=CORES * 2,
                 duration=b.duration * (2 if size == "12mp" else 1),
             )
@@ -600,6 +627,7 @@ def limits_before_after(b: Bench) -> None:
         server.data_dir.parent.mkdir(parents=True)
     try:
         auths = {}
+        upload_tokens: dict[str, list[str]] = {}
         for name, server in servers.items():
             try:
                 server.start()
@@ -610,6 +638,7 @@ def limits_before_after(b: Bench) -> None:
                 return
             with httpx.Client(base_url=server.base_url, timeout=60) as c:
                 auths[name] = {"Authorization": f"Bearer {login(c)}"}
+                upload_tokens[name] = uploaders(c)
 
         def me(name: str) -> Callable[[int], Load]:
             url = f"{servers[name].base_url}/v1/user"
@@ -621,7 +650,7 @@ def limits_before_after(b: Bench) -> None:
                 url,
                 method="POST",
                 body=IMAGES["1mp"],
-                headers=auths[name],
+                tokens=upload_tokens[name],
                 connections=CORES * 2,
                 duration=s,
             )

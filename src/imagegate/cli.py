@@ -79,6 +79,19 @@ def _command(
     )
 
 
+def _actions(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help: str,
+    *examples: str,
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """A command made of actions (``imagegate NAME ACTION``); the action goes to NAME_command."""
+    parser = _command(sub, name, help, *examples)
+    return parser.add_subparsers(
+        dest=f"{name}_command", required=True, metavar="ACTION", title="actions"
+    )
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
@@ -150,16 +163,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--key", metavar="FILE", help="the private key for --cert (PEM)")
     _common(serve)
 
-    user = _command(
+    user_sub = _actions(
         sub,
         "user",
         "manage accounts",
         "imagegate user add alice",
         "imagegate user list",
         "imagegate user delete alice",
-    )
-    user_sub = user.add_subparsers(
-        dest="user_command", required=True, metavar="ACTION", title="actions"
     )
     add = _command(
         user_sub,
@@ -193,10 +203,7 @@ def _parser() -> argparse.ArgumentParser:
     delete.add_argument("login")
     _common(delete)
 
-    storage = _command(sub, "storage", "set up image storage", "imagegate storage init")
-    storage_sub = storage.add_subparsers(
-        dest="storage_command", required=True, metavar="ACTION", title="actions"
-    )
+    storage_sub = _actions(sub, "storage", "set up image storage", "imagegate storage init")
     init = _command(
         storage_sub,
         "init",
@@ -206,10 +213,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _common(init)
 
-    keys = _command(sub, "keys", "token signing keys", "imagegate keys public > jwt-public.pem")
-    keys_sub = keys.add_subparsers(
-        dest="keys_command", required=True, metavar="ACTION", title="actions"
-    )
+    keys_sub = _actions(sub, "keys", "token signing keys", "imagegate keys public > jwt-public.pem")
     pub = _command(
         keys_sub,
         "public",
@@ -223,14 +227,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     _common(pub)
 
-    certs = _command(
+    tls_sub = _actions(
         sub,
         "tls",
         "certificates for HTTPS",
         "imagegate tls self-signed deploy/tls --host localhost",
-    )
-    tls_sub = certs.add_subparsers(
-        dest="tls_command", required=True, metavar="ACTION", title="actions"
     )
     cert = _command(
         tls_sub,
@@ -255,8 +256,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _common(spec)
 
-    db = _command(sub, "db", "database schema", "imagegate db upgrade")
-    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION", title="actions")
+    db_sub = _actions(sub, "db", "database schema", "imagegate db upgrade")
     up = _command(
         db_sub,
         "upgrade",
