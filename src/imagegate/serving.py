@@ -105,9 +105,11 @@ def image_response(
     }
     if _etag_matches(request.headers.get("if-none-match", ""), etag):
         return Response(status_code=304, headers=headers)
+    # Decided here for every path: storage behind the gateway would answer some unsatisfiable
+    # ranges with the whole image.
+    _vet_range(request, image, etag)
     path = storage.local_path(image.name)
     if path is not None:
-        _vet_range(request, image, etag)
         # FileResponse streams in chunks and answers Range (206) and HEAD itself.
         return FileResponse(path, media_type=image.content_type, headers=headers)
     head = request.method == "HEAD"

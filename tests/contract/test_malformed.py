@@ -334,6 +334,12 @@ def test_well_formed_multipart_with_extras_is_stored(client: httpx.Client, user:
 # --- names, methods and headers ------------------------------------------------------
 
 
+def _refused_name(target: Target) -> tuple[int, ...]:
+    """imagegate answers 404 for any name that is not ``<uuid4>.<ext>``; NGINX in front refuses
+    some such paths itself (an encoded NUL, a path above the root) as malformed: 400."""
+    return (404,) if target.data_dir is not None else (400, 404)
+
+
 @pytest.mark.parametrize(
     "path",
     [
@@ -347,13 +353,16 @@ def test_well_formed_multipart_with_extras_is_stored(client: httpx.Client, user:
         "/v1/user/" + "a" * 3000,
     ],
 )
-def test_odd_image_names_are_404(client: httpx.Client, user: Account, path: str) -> None:
-    assert_error(client.get(path, headers=user.auth), 404)
+def test_odd_image_names_are_404(
+    client: httpx.Client, target: Target, user: Account, path: str
+) -> None:
+    assert_error(client.get(path, headers=user.auth), *_refused_name(target))
 
 
-def test_odd_names_on_delete_are_404(client: httpx.Client, user: Account) -> None:
+def test_odd_names_on_delete_are_404(client: httpx.Client, target: Target, user: Account) -> None:
     for name in ("%ff.jpg", "%00", "a" * 3000, "%ED%A0%80.png"):
-        assert_error(client.delete(f"/v1/images/{name}", headers=user.auth), 404)
+        r = client.delete(f"/v1/images/{name}", headers=user.auth)
+        assert_error(r, *_refused_name(target))
 
 
 @pytest.mark.parametrize(

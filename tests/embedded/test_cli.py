@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import ssl
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 
 from tests.support import images
+from tests.support.cli import imagegate
 from tests.support.server import ServerProcess
-
-
-def imagegate(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "imagegate", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_user_add_list_delete(tmp_path: Path) -> None:

@@ -8,9 +8,7 @@ worker writes the processed file.
 
 from __future__ import annotations
 
-import gc
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import pytest
 from tests.conftest import register_and_login
 from tests.embedded.test_recovery import assert_consistent
 from tests.support import images
+from tests.support.disk import small_tmpfs
 from tests.support.rawhttp import metrics, wait_for
 from tests.support.server import ServerProcess
 
@@ -29,37 +28,8 @@ MARGIN = MIB  # the server's free-space margin (pipeline.FREE_SPACE_MARGIN)
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount_point = tmp_path / "data"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        pytest.fail(
-            "the disk-full test mounts a small tmpfs and needs root (CI runs as root): "
-            f"mount failed: {result.stderr.strip()}"
-        )
-    try:
+    with small_tmpfs(tmp_path / "data", "24m") as mount_point:
         yield mount_point
-    finally:
-        _unmount(mount_point)
-
-
-def _unmount(mount_point: Path) -> None:
-    # assert_consistent's sqlite3 connections are closed only when collected (``with
-    # sqlite3.connect()`` commits, it does not close); the server's codec workers exit just
-    # after the server. The mount is busy until both are gone.
-    gc.collect()
-    errors: list[str] = []
-
-    def unmounted() -> bool:
-        result = subprocess.run(["umount", str(mount_point)], capture_output=True, text=True)
-        errors.append(result.stderr.strip())
-        return result.returncode == 0
-
-    wait_for(f"{mount_point} to be unmounted ({errors[-1:]})", unmounted, timeout=30, interval=0.2)
 
 
 def _free(path: Path) -> int:

@@ -9,10 +9,6 @@ Blocks and windows are set to an hour, so nothing here depends on how fast the m
 from __future__ import annotations
 
 import errno
-import os
-import shutil
-import subprocess
-import threading
 from collections.abc import Iterator
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -21,6 +17,8 @@ import httpx
 import pytest
 
 from tests.contract.test_ops import metric, metric_samples
+from tests.support.burst import burst
+from tests.support.disk import small_tmpfs
 from tests.support.server import ServerProcess
 
 OWNER = {"login": "bob", "password": "qwe123"}  # --demo's account
@@ -39,26 +37,6 @@ SETTINGS = {
 def client_from(server: ServerProcess, address: str) -> httpx.Client:
     transport = httpx.HTTPTransport(local_address=address)
     return httpx.Client(base_url=server.base_url, transport=transport, timeout=120)
-
-
-def burst(server: ServerProcess, addresses: list[str], bodies: list[dict[str, str]]) -> list[int]:
-    """Send ``bodies`` all at once, spread over ``addresses`` (a client and thread per address),
-    released together by a barrier; the statuses in the order of ``bodies``."""
-    statuses = [0] * len(bodies)
-    barrier = threading.Barrier(len(addresses))
-
-    def run(slot: int) -> None:
-        with client_from(server, addresses[slot]) as c:
-            barrier.wait()
-            for i in range(slot, len(bodies), len(addresses)):
-                statuses[i] = c.post("/v1/token", json=bodies[i]).status_code
-
-    threads = [threading.Thread(target=run, args=(s,)) for s in range(len(addresses))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return statuses
 
 
 def logins(server: ServerProcess, outcome: str) -> float:
@@ -98,7 +76,7 @@ def _attack_while_the_owner_holds_a_cookie(server: ServerProcess, owner: httpx.C
 
     failed_before, ok_before = logins(server, "failed"), logins(server, "ok")
     attackers = [f"127.0.0.{i}" for i in range(2, 61)]
-    statuses = burst(server, attackers, [WRONG] * 300)
+    statuses = burst(lambda a: client_from(server, a), attackers, [WRONG] * 300)
     assert statuses.count(401) == 5, statuses
     assert statuses.count(429) == 295
     assert logins(server, "failed") - failed_before == 5  # five password checks, no more
@@ -107,7 +85,7 @@ def _attack_while_the_owner_holds_a_cookie(server: ServerProcess, owner: httpx.C
     # The right password inside a throttled burst gets the same 429 as the rest.
     more = [f"127.0.1.{i}" for i in range(1, 21)]
     mixed = [OWNER if i % 4 == 0 else WRONG for i in range(80)]
-    assert set(burst(server, more, mixed)) == {429}
+    assert set(burst(lambda a: client_from(server, a), more, mixed)) == {429}
     assert logins(server, "ok") == ok_before
     assert logins(server, "failed") - failed_before == 5
 
@@ -192,22 +170,9 @@ def test_bad_input_is_a_400_with_one_log_line_and_not_a_guess(server: ServerProc
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 64 MiB tmpfs (needs root: mounting is the only honest way to fill a disk)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    """A 64 MiB tmpfs: mounting is the only honest way to fill a disk."""
+    with small_tmpfs(tmp_path / "disk", "64m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def fill(folder: Path) -> Path:

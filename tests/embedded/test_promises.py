@@ -4,19 +4,21 @@ HTTP, a client aborting mid-upload, and a SIGTERM whose grace runs out mid-uploa
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import signal
 import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import register_and_login
 from tests.support import images
+from tests.support.bodies import HeldBody
 from tests.support.server import ServerProcess
 
 
@@ -28,7 +30,7 @@ def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -
 
 
 def _stored_hash(data_dir: Path, login: str) -> str:
-    with sqlite3.connect(data_dir / "imagegate.db") as db:
+    with contextlib.closing(sqlite3.connect(data_dir / "imagegate.db")) as db:
         row = db.execute("SELECT password_hash FROM users WHERE login = ?", (login,)).fetchone()
     assert row is not None, login
     return str(row[0])
@@ -38,7 +40,7 @@ def _leftovers(data_dir: Path) -> tuple[list[str], list[str], int]:
     """Files in images/ and tmp/, and image records: all empty after a refused upload."""
     files = sorted(p.name for p in (data_dir / "images").iterdir() if not p.name.startswith("."))
     tmp = sorted(p.name for p in (data_dir / "tmp").iterdir())
-    with sqlite3.connect(data_dir / "imagegate.db") as db:
+    with contextlib.closing(sqlite3.connect(data_dir / "imagegate.db")) as db:
         records = int(db.execute("SELECT count(*) FROM images").fetchone()[0])
     return files, tmp, records
 
@@ -147,19 +149,6 @@ def test_a_client_aborting_mid_upload_leaves_nothing(tmp_path: Path) -> None:
         server.stop()
 
 
-class _HeldBody:
-    """Half an upload, then nothing until ``release`` is set (or the connection dies)."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.release = threading.Event()
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield self.data[: len(self.data) // 2]
-        self.release.wait(60)
-        yield self.data[len(self.data) // 2 :]
-
-
 def test_an_upload_cut_short_by_the_shutdown_grace_leaves_nothing(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "data", env={"IMAGEGATE_SHUTDOWN_GRACE_SECONDS": "1"}).start()
     try:
@@ -168,7 +157,7 @@ def test_an_upload_cut_short_by_the_shutdown_grace_leaves_nothing(tmp_path: Path
     except BaseException:
         server.kill()
         raise
-    body = _HeldBody(images.jpeg(1600, 1200))
+    body = HeldBody(images.jpeg(1600, 1200))
     outcome: list[object] = []
 
     def send() -> None:

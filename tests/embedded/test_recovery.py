@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import signal
 import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -16,12 +17,14 @@ import pytest
 
 from tests.conftest import register_and_login
 from tests.support import images
+from tests.support.bodies import HeldBody
 from tests.support.server import ServerProcess
 
 
 def assert_consistent(data_dir: Path) -> int:
     """Every record has its bytes (same sha256), every file has its record, no temp files."""
-    with sqlite3.connect(data_dir / "imagegate.db") as db:
+    # ``with`` a connection commits but does not close it: closing() does, so the file is free.
+    with contextlib.closing(sqlite3.connect(data_dir / "imagegate.db")) as db:
         records = dict(db.execute("SELECT name, sha256 FROM images").fetchall())
     files = {p.name: p for p in (data_dir / "images").iterdir() if not p.name.startswith(".")}
     assert set(records) == set(files), set(records) ^ set(files)
@@ -105,29 +108,15 @@ def test_kill_9_during_uploads_leaves_storage_and_records_in_agreement(tmp_path:
     server.stop()
 
 
-class _HeldBody:
-    """An upload body sent in two halves: the second only once ``release`` is set."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.release = threading.Event()
-
-    def __iter__(self) -> Iterator[bytes]:
-        half = len(self.data) // 2
-        yield self.data[:half]
-        assert self.release.wait(120)
-        yield self.data[half:]
-
-
 @pytest.mark.slow
 def test_sigterm_finishes_in_flight_uploads(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "data").start()
     with httpx.Client(base_url=server.base_url, timeout=30) as c:
         token = register_and_login(c).token
-    bodies = [_HeldBody(images.jpeg(1200, 900, seed=i)) for i in range(2)]
+    bodies = [HeldBody(images.jpeg(1200, 900, seed=i)) for i in range(2)]
     replies: list[httpx.Response] = []
 
-    def send(body: _HeldBody) -> None:
+    def send(body: HeldBody) -> None:
         with httpx.Client(base_url=server.base_url, timeout=120) as c:
             replies.append(
                 c.post("/v1/upload", content=body, headers={"Authorization": f"Bearer {token}"})

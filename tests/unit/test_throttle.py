@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import event, select, text
@@ -30,6 +30,13 @@ POLICY = throttle.ThrottlePolicy(max_failures=5, window=300, lockout=60, lockout
 on_fixture_loop = pytest.mark.asyncio(loop_scope="session")
 PG_URL = os.environ.get("IMAGEGATE_TEST_POSTGRES_URL")
 BACKENDS = ["sqlite", "memory"] + (["postgresql"] if PG_URL else [])
+DATABASES = [b for b in BACKENDS if b != "memory"]
+Test = TypeVar("Test", bound=Callable[..., Awaitable[None]])
+
+
+def on_each_database(test: Test) -> Test:
+    """Run ``test`` once per real database (the ``database`` fixture), on the fixtures' loop."""
+    return on_fixture_loop(pytest.mark.parametrize("database", DATABASES, indirect=True)(test))
 
 
 @pytest.fixture
@@ -209,8 +216,7 @@ async def test_a_device_key_is_its_own_budget(backend: Backend) -> None:
     assert not await backend.reserve(["login:frank"], 1000.0)  # the login's block stands
 
 
-@on_fixture_loop
-@pytest.mark.parametrize("database", [b for b in BACKENDS if b != "memory"], indirect=True)
+@on_each_database
 async def test_a_burst_from_many_addresses_gets_five_checks_across_replicas(
     database: str,
 ) -> None:
@@ -233,8 +239,7 @@ async def test_a_burst_from_many_addresses_gets_five_checks_across_replicas(
     assert results.count(True) == 5
 
 
-@on_fixture_loop
-@pytest.mark.parametrize("database", [b for b in BACKENDS if b != "memory"], indirect=True)
+@on_each_database
 async def test_verdicts_and_reservations_at_once_never_wait_in_a_cycle(database: str) -> None:
     """Reservations, failures and successes on shared logins and addresses all at once: with
     rows always taken in the same order, none deadlocks (PostgreSQL would abort one)."""
@@ -263,11 +268,8 @@ async def test_verdicts_and_reservations_at_once_never_wait_in_a_cycle(database:
     assert any(results)
 
 
-@on_fixture_loop
-@pytest.mark.parametrize("database", [b for b in BACKENDS if b != "memory"], indirect=True)
-async def test_stale_rows_are_dropped(
-    database: str, sessions: async_sessionmaker[AsyncSession]
-) -> None:
+@on_each_database
+async def test_stale_rows_are_dropped(sessions: async_sessionmaker[AsyncSession]) -> None:
     async with sessions() as s:
         await throttle.reserve(s, ["login:old"], POLICY, 1000.0)
         later = 1000.0 + POLICY.stale_after + 1
@@ -292,8 +294,7 @@ def _read_only(engine: AsyncEngine) -> None:
         cur.close()
 
 
-@on_fixture_loop
-@pytest.mark.parametrize("database", [b for b in BACKENDS if b != "memory"], indirect=True)
+@on_each_database
 async def test_a_database_that_cannot_write_falls_back_to_counting_in_the_process(
     database: str, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
@@ -334,10 +335,9 @@ async def test_a_database_that_cannot_write_falls_back_to_counting_in_the_proces
         assert not (await throttle.begin(s, memory, "login:kim", None, POLICY)).in_memory
 
 
-@on_fixture_loop
-@pytest.mark.parametrize("database", [b for b in BACKENDS if b != "memory"], indirect=True)
+@on_each_database
 async def test_a_first_block_at_the_cap_does_not_double(
-    database: str, sessions: async_sessionmaker[AsyncSession]
+    sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     flat = throttle.ThrottlePolicy(max_failures=1, window=300, lockout=600, lockout_max=60)
     async with sessions() as s:
@@ -394,10 +394,9 @@ async def _user(session: AsyncSession, login: str) -> str:
     return user.id
 
 
-@on_fixture_loop
-@pytest.mark.parametrize("database", [b for b in BACKENDS if b != "memory"], indirect=True)
+@on_each_database
 async def test_a_device_cookie_is_trusted_only_for_its_account_until_it_expires(
-    database: str, sessions: async_sessionmaker[AsyncSession]
+    sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     async with sessions() as s:
         alice, bob = await _user(s, "alice-dev"), await _user(s, "bob-dev")
@@ -419,10 +418,9 @@ async def test_a_device_cookie_is_trusted_only_for_its_account_until_it_expires(
         assert token not in stored and newer not in stored  # only hashes are kept
 
 
-@on_fixture_loop
-@pytest.mark.parametrize("database", [b for b in BACKENDS if b != "memory"], indirect=True)
+@on_each_database
 async def test_device_rows_are_bounded_per_account_and_go_with_it(
-    database: str, sessions: async_sessionmaker[AsyncSession]
+    sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     async with sessions() as s:
         carol = await _user(s, "carol-dev")
