@@ -250,21 +250,27 @@ def test_a_silent_connection_is_closed_at_the_header_timeout(server: ServerProce
     assert took is not None, "an idle new connection stayed open"
 
 
+def start_upload(sock: socket.socket, user: Account, framing: str, first: bytes, tmp: Path) -> None:
+    """Send an upload's head (with ``framing``) and its ``first`` bytes; wait until the server is
+    receiving it into a temp file."""
+    head = (
+        "POST /v1/upload HTTP/1.1\r\nHost: t\r\n"
+        f"Authorization: Bearer {user.token}\r\n{framing}\r\n\r\n"
+    ).encode()
+    sock.sendall(head + first)
+    deadline = time.monotonic() + 10
+    while not any(tmp.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert any(tmp.iterdir()), "the upload never reached the temp folder"
+
+
 def test_a_stalled_upload_gets_408_and_leaves_no_temp_file(
     server: ServerProcess, user: Account
 ) -> None:
     tmp = server.data_dir / "tmp"
-    head = (
-        "POST /v1/upload HTTP/1.1\r\nHost: t\r\n"
-        f"Authorization: Bearer {user.token}\r\nContent-Length: 1000000\r\n\r\n"
-    ).encode()
     with connect(server) as sock:
-        sock.sendall(head + b"\xff\xd8\xff" + b"\0" * 70_000)
         # The upload is being received into a temp file; then the client stalls.
-        deadline = time.monotonic() + 10
-        while not any(tmp.iterdir()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert any(tmp.iterdir()), "the upload never reached the temp folder"
+        start_upload(sock, user, "Content-Length: 1000000", b"\xff\xd8\xff" + b"\0" * 70_000, tmp)
         start = time.monotonic()
         answer = read_answer(sock, timeout=BODY_TIMEOUT + MARGIN)
         assert time.monotonic() - start < BODY_TIMEOUT + MARGIN
@@ -400,15 +406,8 @@ def test_a_malformed_chunk_in_an_upload_closes_at_once(
     server: ServerProcess, user: Account
 ) -> None:
     tmp = server.data_dir / "tmp"
-    head = (
-        "POST /v1/upload HTTP/1.1\r\nHost: t\r\n"
-        f"Authorization: Bearer {user.token}\r\nTransfer-Encoding: chunked\r\n\r\n"
-    ).encode()
     with connect(server) as sock:
-        sock.sendall(head + b"4\r\n\xff\xd8\xff\x00\r\n")
-        deadline = time.monotonic() + 10
-        while not any(tmp.iterdir()) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        start_upload(sock, user, "Transfer-Encoding: chunked", b"4\r\n\xff\xd8\xff\x00\r\n", tmp)
         sock.sendall(b"zz-not-a-size\r\n")
         # Closed by the parse error itself, as uvicorn did: not left to the body timeout (408).
         sock.settimeout(BODY_TIMEOUT + MARGIN)
