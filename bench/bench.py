@@ -152,9 +152,11 @@ class Bench:
         body: bytes | None = None,
         duration: float | None = None,
         tokens: list[str] | None = None,
+        bodies: list[bytes] | None = None,
     ) -> Load:
-        """One wrk run; with ``tokens``, requests take turns among those bearer tokens (several
-        accounts, as real traffic has: uploads are shared fairly between accounts)."""
+        """One wrk run; with ``tokens`` (or ``bodies``), requests take turns among those bearer
+        tokens (or request bodies): several accounts, as real traffic has, since uploads are
+        shared fairly between accounts and logins are throttled per account."""
         script = self.work / f"wrk-{time.monotonic_ns()}.lua"
         lines = [f'wrk.method = "{method}"']
         for name, value in (headers or {}).items():
@@ -166,6 +168,15 @@ class Bench:
                 "request = function()\n"
                 "  turn = turn % #tokens + 1\n"
                 '  wrk.headers["Authorization"] = tokens[turn]\n'
+                "  return wrk.format()\nend"
+            )
+        if bodies:
+            quoted = ", ".join(f"[==[{b.decode()}]==]" for b in bodies)
+            lines.append(
+                f"local bodies, turn = {{{quoted}}}, 0\n"
+                "request = function()\n"
+                "  turn = turn % #bodies + 1\n"
+                "  wrk.body = bodies[turn]\n"
                 "  return wrk.format()\nend"
             )
         if body is not None:
@@ -446,17 +457,33 @@ def login(client: httpx.Client) -> str:
     return r.text
 
 
-def uploaders(client: httpx.Client, count: int = CORES) -> list[str]:
-    """Tokens of ``count`` new accounts: upload loads come from several accounts, because one
-    account may hold only its fair share of the codec workers (IMAGEGATE_CODEC_ACCOUNT_WORKERS)."""
-    tokens = []
+def accounts(client: httpx.Client, count: int) -> list[tuple[bytes, str]]:
+    """``count`` new accounts as (credentials JSON, token): loads come from several accounts,
+    because one account may hold only its fair share of the codec workers
+    (IMAGEGATE_CODEC_ACCOUNT_WORKERS) and has at most 5 logins checked at once."""
+    made = []
     for _ in range(count):
         creds = {"login": f"bench-{secrets.token_hex(6)}", "password": secrets.token_urlsafe(18)}
-        client.post("/v1/register", json=creds).raise_for_status()
-        r = client.post("/v1/token", json=creds)
-        r.raise_for_status()
-        tokens.append(r.text)
-    return tokens
+        _patient_post(client, "/v1/register", creds)
+        token = _patient_post(client, "/v1/token", creds)
+        made.append((json.dumps(creds).encode(), token))
+    return made
+
+
+def _patient_post(client: httpx.Client, path: str, body: dict[str, str]) -> str:
+    """POST, waiting out the gateway's per-address rate limit (429 + Retry-After) if hit."""
+    for _ in range(30):
+        r = client.post(path, json=body)
+        if r.status_code != 429:
+            r.raise_for_status()
+            return r.text
+        time.sleep(float(r.headers.get("retry-after", "1")))
+    raise RuntimeError(f"{path}: still rate-limited after 30 tries")
+
+
+def uploaders(client: httpx.Client, count: int = CORES) -> list[str]:
+    """Tokens of ``count`` new accounts to upload from (see ``accounts``)."""
+    return [token for _, token in accounts(client, count)]
 
 
 def upload(client: httpx.Client, token: str, data: bytes, visibility: str = "public") -> str:
@@ -488,16 +515,15 @@ def measure_target(
         stored = {k: upload(c, token, IMAGES[k]) for k in ("100kb", "5mb")}
         stored |= {f"own-{k}": upload(c, token, IMAGES[k], "private") for k in ("100kb", "5mb")}
         upload_tokens = uploaders(c)
+        logins = [creds for creds, _ in accounts(c, 8)]
 
-    creds = json.dumps({"login": "bob", "password": "qwe123"}).encode()
-    # 4 connections: the login throttle lets at most 5 attempts per account be in progress at
-    # once (each reserves its place before the password is checked) and answers 429 to more.
-    # Two cores are busy with 2 Argon2 checks; 4 keep them so.
+    # Eight accounts, one connection each: the login throttle checks at most 5 attempts of one
+    # account at once (each reserves its place before the password is checked).
     load = b.wrk(
         f"{security}/v1/token",
         method="POST",
-        body=creds,
-        connections=4,
+        bodies=logins,
+        connections=8,
         headers={"Content-Type": "application/json"},
     )
     b.add("login POST /v1/token", target, "req/s", load.rps, ceilings["argon2"], load=load)

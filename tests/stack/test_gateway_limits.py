@@ -1,14 +1,17 @@
-"""Header floods at the gateway: NGINX refuses them in the service's JSON error shape (431), never
-passes them on, and keeps serving everyone else."""
+"""Header floods and slow clients at the gateway: NGINX refuses oversized header blocks in the
+services' JSON error shape (431) and keeps serving everyone else; slow headers and stalled bodies
+are cut off at its timeouts, leaving nothing behind."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import time
 
 import httpx
 import pytest
 
+from tests.conftest import register_and_login
 from tests.stack.conftest import Stack
 from tests.support.rawhttp import connect, read_response
 
@@ -51,3 +54,46 @@ def test_the_gateway_keeps_serving_during_a_header_flood(stack: Stack) -> None:
     finally:
         for sock in socks:
             sock.close()
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the peer closes ``sock`` within ``seconds`` (anything it sends first is read)."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            if not sock.recv(65536):
+                return True
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+    return False
+
+
+def test_slow_headers_and_stalled_bodies_are_cut_off(stack: Stack) -> None:
+    """Slowloris at the gateway: a header block that never ends and an upload body that stops
+    are both cut off at NGINX's 60 s timeouts, and the uploader keeps no temp file."""
+    with stack.client() as c:
+        token = register_and_login(c).token
+    tmp_dirs = [stack.state_dir / name / "tmp" for name in ("uploader-1", "uploader-2")]
+    slow_header = connect(stack.http)
+    stalled_body = connect(stack.http)
+    try:
+        slow_header.sendall(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        stalled_body.sendall(
+            b"POST /v1/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + f"Authorization: Bearer {token}\r\nContent-Length: 1000000\r\n\r\n".encode()
+            + b"\xff\xd8\xff"
+            + b"\0" * 100_000
+        )
+        # 60 s timeouts (client_header_timeout, client_body_timeout), plus a margin.
+        assert _closed_within(slow_header, 75), "a header block that never ends was kept open"
+        assert _closed_within(stalled_body, 15), "a stalled upload body was kept open"
+    finally:
+        slow_header.close()
+        stalled_body.close()
+    deadline = time.monotonic() + 30
+    while any(any(d.iterdir()) for d in tmp_dirs if d.exists()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for d in tmp_dirs if d.exists() for p in d.iterdir()]

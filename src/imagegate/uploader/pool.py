@@ -9,6 +9,7 @@ address-space ceiling and are replaced after a job that leaves them big.
 from __future__ import annotations
 
 import asyncio
+import functools
 import multiprocessing
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
@@ -28,6 +29,9 @@ from imagegate.uploader.process import (
     process_image,
     warm_up,
 )
+
+# After a cancelled job, when its worker has surely stopped: remove any output it still wrote.
+LATE_OUTPUT_SECONDS = 10.0
 
 
 class CodecPool:
@@ -107,6 +111,11 @@ class CodecPool:
                 raise Unprocessable("image could not be processed (the decoder crashed)") from exc
             except asyncio.CancelledError:
                 future.cancel()  # pebble stops the worker running it
+                # ...but not at once: a worker in its last step may still write ``dst`` after
+                # the caller removed it (seen: a bench run's cut-off uploads left .out files).
+                asyncio.get_running_loop().call_later(
+                    LATE_OUTPUT_SECONDS, functools.partial(dst.unlink, missing_ok=True)
+                )
                 raise
         finally:
             self._in_flight -= 1
