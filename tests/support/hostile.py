@@ -193,20 +193,73 @@ def truncated_jpeg_lying(width: int = 10000, height: int = 5000) -> bytes:
     return body[:629] + b"\xff\xd9"
 
 
-def jpeg_cut_in_scan(progressive: bool = False) -> bytes:
+def jpeg_cut_in_scan(progressive: bool = False, mode: str = "RGB") -> bytes:
     """A real photo cut at 60 % of its scan data, then given an EOI: more than enough bytes
     for the block count, yet the lower part is libjpeg's grey fill."""
-    data = _save(photo(400, 300), "JPEG", quality=90, progressive=progressive)
+    data = _save(photo(400, 300).convert(mode), "JPEG", quality=90, progressive=progressive)
     first = data.find(b"\xff\xda")
-    cut = first + (len(data) - first) * 6 // 10
+    return _cut_before(data, first + (len(data) - first) * 6 // 10)
+
+
+def _cut_before(data: bytes, cut: int) -> bytes:
+    """``data`` up to ``cut`` (never right after an 0xFF, which would make a marker), then EOI."""
     if data[cut - 1] == 0xFF:
         cut -= 1
     return data[:cut] + b"\xff\xd9"
 
 
+def progressive_cut_in_ac_scan() -> bytes:
+    """A progressive photo cut halfway through its last scan (an AC refinement), then given an
+    EOI: every component's DC pass is complete, so the picture looks whole, only less sharp
+    where the cut data was; an AC pass has no least size to check."""
+    data = _save(photo(400, 300), "JPEG", quality=90, progressive=True)
+    last = data.rfind(b"\xff\xda")
+    start = last + 2 + struct.unpack(">H", data[last + 2 : last + 4])[0]
+    return _cut_before(data, start + (len(data) - 2 - start) // 2)
+
+
+def _bits_jpeg(bits: str) -> bytes:
+    """Entropy-coded bytes: 0xFF stuffed, the last byte padded with 1s."""
+    bits += "1" * (-len(bits) % 8)
+    out = bytearray()
+    for i in range(0, len(bits), 8):
+        out.append(int(bits[i : i + 8], 2))
+        if out[-1] == 0xFF:
+            out.append(0)
+    return bytes(out)
+
+
+def grey_fill_jpeg(width: int = 128, height: int = 128) -> bytes:
+    """A grey baseline JPEG whose scan data stops after the upper half's blocks, then EOI, with
+    Huffman tables chosen so that any bits after the cut decode to libjpeg's own fill, flat
+    mid-grey blocks: every code of up to 15 bits means "no change" (DC) or "end of block" (AC),
+    and the one 16-bit AC code (15 ones, a 0) carries the texture, 8-bit AC coefficients. A
+    check that re-decodes with other bytes after the cut sees the same picture."""
+    counts = bytes([1] * 16)  # one code of each length 1..16
+    dc = _jpeg_segment(0xC4, b"\x00" + counts + bytes(16))  # all: DC difference 0
+    ac = _jpeg_segment(0xC4, b"\x10" + counts + bytes(15) + b"\x08")  # EOB x15, then (0, 8)
+    head = (
+        b"\xff\xd8"
+        + _jpeg_segment(0xDB, b"\x00" + bytes([1] * 64))
+        + _jpeg_segment(0xC0, struct.pack(">BHHB", 8, height, width, 1) + b"\x01\x11\x00")
+        + dc
+        + ac
+        + _jpeg_segment(0xDA, b"\x01\x01\x00\x00\x3f\x00")
+    )
+    blocks = (width // 8) * (height // 8)
+    bits = ""
+    for i in range(blocks // 2):
+        bits += "0"  # DC: no change
+        for k in range(6):  # six AC coefficients, -255..-128 or 128..255
+            value = 128 + (i * 37 + k * 53) % 128
+            bits += "1" * 15 + "0" + format(value if (i + k) % 2 else 255 - value, "08b")
+        bits += "0"  # end of block
+    return head + _bits_jpeg(bits) + b"\xff\xd9"
+
+
 def grey_corner_jpeg() -> bytes:
-    """A legit picture whose last block is exactly mid-grey: the premature-end probe runs and
-    must find the file complete."""
+    """A legit picture whose last block is exactly mid-grey (what libjpeg fills a file that
+    ends early with): it is complete, so it is stored."""
     img = photo(200, 150)
     img.paste((128, 128, 128), (150, 100, 200, 150))
     return _save(img, "JPEG", quality=30)
@@ -361,6 +414,9 @@ def corpus() -> tuple[Hostile, ...]:
         Hostile("jpeg_truncated_small", truncated_jpeg_lying(1200, 900), 422, "ends early"),
         Hostile("jpeg_no_eoi", jpeg[: len(jpeg) // 2], 422, "ends early"),
         Hostile("jpeg_cut_in_scan", jpeg_cut_in_scan(), 422, "ends early"),
+        Hostile("jpeg_cmyk_cut_in_scan", jpeg_cut_in_scan(mode="CMYK"), 422, "ends early"),
+        Hostile("jpeg_progressive_cut_in_ac_scan", progressive_cut_in_ac_scan(), 422, "ends early"),
+        Hostile("jpeg_grey_fill_tables", grey_fill_jpeg(), 422, "ends early"),
         Hostile("jpeg_grey_corner", grey_corner_jpeg(), 201),
         Hostile("png_no_iend", png[: len(png) // 2], 422, "ends early"),
         Hostile("png_short_zlib", png_short_zlib, 422, "corrupt"),

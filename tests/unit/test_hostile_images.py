@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from imagegate.uploader import process
 from imagegate.uploader.process import Budget, ImageRejected, Limits, Quality, process_image
 from imagegate.uploader.strip import strip_gif, strip_jpeg, strip_png, strip_webp
 from tests.support import hostile, images
@@ -82,6 +83,46 @@ def test_strippers_leave_nothing_planted(name: str, strip: object) -> None:
     assert stripped.size == original.size
     assert getattr(stripped, "n_frames", 1) == getattr(original, "n_frames", 1)
     assert stripped.convert("RGBA").tobytes() == original.convert("RGBA").tobytes()
+
+
+@pytest.mark.parametrize(
+    "name", ["jpeg_cmyk_cut_in_scan", "jpeg_progressive_cut_in_ac_scan", "jpeg_grey_fill_tables"]
+)
+def test_pillow_alone_decodes_jpegs_that_end_early(name: str) -> None:
+    """Why the strict decode: Pillow fills in what is missing and reports nothing."""
+    img = Image.open(io.BytesIO(CORPUS[name].data))
+    img.load()
+    if name == "jpeg_grey_fill_tables":  # the fill is the flat grey of a picture's own block
+        corner = img.crop((img.width - 8, img.height - 8, img.width, img.height))
+        assert corner.getextrema() == (128, 128)
+
+
+@pytest.mark.parametrize(
+    ("mode", "options"),
+    [
+        ("RGB", {"subsampling": "4:2:0"}),
+        ("RGB", {"subsampling": "4:4:4"}),
+        ("RGB", {"subsampling": "4:2:0", "progressive": True}),
+        ("RGB", {"subsampling": "4:4:4", "progressive": True}),
+        ("L", {}),
+        ("L", {"progressive": True}),
+        ("CMYK", {}),
+    ],
+)
+def test_strict_decode_gives_pillows_pixels(mode: str, options: dict[str, object]) -> None:
+    """The strict decoder's bitmap is the one Pillow's own decode gives, byte for byte (same
+    integer DCT, same upsampling), with the header's info (EXIF orientation) kept."""
+    exif = Image.Exif()
+    exif[images.ORIENTATION] = 6
+    picture = images.photo(333, 211, seed=3).convert(mode)
+    data = images.encode(picture, "JPEG", quality=90, exif=exif.tobytes(), **options)
+    pillow = Image.open(io.BytesIO(data))
+    pillow.load()
+    strict = process._decode_jpeg(Image.open(io.BytesIO(data)), data)
+    assert (strict.mode, strict.size) == (pillow.mode, pillow.size)
+    assert strict.tobytes() == pillow.tobytes()
+    assert strict.info == pillow.info
+    assert strict.getexif()[images.ORIENTATION] == 6
 
 
 def test_cpu_budget_rejects_slow_work(tmp_path: Path) -> None:

@@ -21,10 +21,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import simplejpeg
 from PIL import (
     GifImagePlugin,
     Image,
-    ImageChops,
     ImageOps,
     ImageSequence,
     UnidentifiedImageError,
@@ -151,46 +151,34 @@ def _decoded(frame: Image.Image, size: tuple[int, int], fmt: Format) -> Image.Im
     return frame
 
 
-# Entropy-coded filler (no 0xFF, so no marker) for the premature-end probe.
-_FILLER = bytes((i * 37 + 11) % 255 for i in range(4096))
+def _decode_jpeg(img: Image.Image, data: bytes) -> Image.Image:
+    """The JPEG's pixels, decoded by libjpeg-turbo in strict mode: its warnings are refusals.
 
-
-def _jpeg_ends_early(data: bytes, layout: Layout, img: Image.Image) -> bool:
-    """Whether libjpeg ran out of scan data and filled the rest with grey.
-
-    Pillow hides libjpeg's "premature end of data" warning; what shows is its result: every
-    block after the end decodes to flat mid-grey, the last one included. Only when the last
-    block is exactly that (rare in a real picture) the file is decoded once more with filler
-    after each scan: a complete scan never reads it, so a complete file decodes the same."""
-    if img.mode not in ("L", "RGB"):
-        return False
-    (w, h), (mw, mh) = img.size, layout.mcu
-    grey = 128 if img.mode == "L" else (128, 128, 128)
-    # Pixel by pixel, not crop(): a new image, however small, takes a block from Pillow's
-    # cache and the next upload's bitmap pays for fresh memory.
-    corner = (
-        img.getpixel((x, y))
-        for y in range((h - 1) // mh * mh, h)
-        for x in range((w - 1) // mw * mw, w)
-    )
-    if any(pixel != grey for pixel in corner):
-        return False
-    parts: list[bytes | memoryview] = []
-    start = 0
-    view = memoryview(data)
-    for end in layout.scan_ends:
-        parts += [view[start:end], _FILLER]
-        start = end
-    parts.append(view[start:])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        probe = Image.open(io.BytesIO(b"".join(parts)), formats=["JPEG"])
-        probe.load()
-    return ImageChops.difference(probe, img).getbbox() is not None
+    Pillow hides libjpeg's "premature end of data segment" warning and fills the rest of the
+    picture in, so a file cut short and given an end marker would decode. Grey and colour
+    pictures are decoded once, here (same library, same integer DCT and upsampling: the pixels
+    are Pillow's, byte for byte); CMYK ones, which Pillow inverts and tags, are decoded by Pillow
+    after this pass, which is then only the check."""
+    colorspace = {"L": "GRAY", "RGB": "RGB"}.get(img.mode, "CMYK")
+    try:
+        pixels = simplejpeg.decode_jpeg(data, colorspace=colorspace, strict=True)
+    except ValueError as exc:
+        if "memory" in str(exc).lower():  # libjpeg could not allocate its work memory
+            raise ImageRejected(422, _NO_MEMORY) from exc
+        raise ImageRejected(422, "JPEG image is corrupt or ends early") from exc
+    if colorspace == "CMYK":
+        del pixels
+        img.load()
+        return img
+    # A grey bitmap is shared with the array, not copied; a colour one is copied once (Pillow
+    # keeps RGB as 4 bytes a pixel).
+    decoded = Image.fromarray(pixels[:, :, 0] if colorspace == "GRAY" else pixels)
+    decoded.info = dict(img.info)  # the header Pillow parsed: EXIF orientation, ICC profile
+    return decoded
 
 
 def _decode(
-    img: Image.Image, frames: int, fmt: Format, data: bytes, layout: Layout
+    img: Image.Image, frames: int, fmt: Format, data: bytes
 ) -> tuple[list[Image.Image], bool]:
     """All frames decoded and upright, and whether rotating them was needed."""
     size = img.size
@@ -198,11 +186,12 @@ def _decode(
     rotate = orientation in range(2, 9)
     exif = img.getexif().tobytes() if rotate else b""
     if frames == 1:
-        # No copy: the decoded bitmap is the one kept, so memory stays at one bitmap.
-        img.load()
+        # No copy: the decoded bitmap is the one kept.
+        if fmt is JPEG:
+            img = _decode_jpeg(img, data)
+        else:
+            img.load()
         _decoded(img, size, fmt)
-        if fmt is JPEG and _jpeg_ends_early(data, layout, img):
-            raise ImageRejected(422, "JPEG image ends early (its scan data runs out)")
         return [_render_only(ImageOps.exif_transpose(img) if rotate else img)], rotate
     decoded = []
     for frame in ImageSequence.Iterator(img):
@@ -321,7 +310,7 @@ def _process(
     source_info = {str(k): v for k, v in img.info.items()}
     try:
         # Every frame is decoded (and checked) before anything is kept.
-        decoded, rotated = _decode(img, frames, fmt, data, layout)
+        decoded, rotated = _decode(img, frames, fmt, data)
         reencoded = _encode(decoded, fmt, source_info, quality)
     except _DECODE_ERRORS as exc:
         if "memory" in str(exc).lower():  # a decoder that could not allocate
