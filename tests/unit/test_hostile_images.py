@@ -97,6 +97,7 @@ def test_pillow_alone_decodes_jpegs_that_end_early(name: str) -> None:
         assert corner.getextrema() == (128, 128)
 
 
+@pytest.mark.parametrize("cache", [0, 4], ids=["fresh-memory", "kept-buffer"])
 @pytest.mark.parametrize(
     ("mode", "options"),
     [
@@ -109,16 +110,28 @@ def test_pillow_alone_decodes_jpegs_that_end_early(name: str) -> None:
         ("CMYK", {}),
     ],
 )
-def test_strict_decode_gives_pillows_pixels(mode: str, options: dict[str, object]) -> None:
+def test_strict_decode_gives_pillows_pixels(
+    mode: str, options: dict[str, object], cache: int
+) -> None:
     """The strict decoder's bitmap is the one Pillow's own decode gives, byte for byte (same
-    integer DCT, same upsampling), with the header's info (EXIF orientation) kept."""
+    integer DCT, same upsampling), with the header's info (EXIF orientation) kept; also when
+    its output buffer is kept (a block cache) and last held a bigger, different picture."""
     exif = Image.Exif()
     exif[images.ORIENTATION] = 6
     picture = images.photo(333, 211, seed=3).convert(mode)
     data = images.encode(picture, "JPEG", quality=90, exif=exif.tobytes(), **options)
     pillow = Image.open(io.BytesIO(data))
     pillow.load()
-    strict = process._decode_jpeg(Image.open(io.BytesIO(data)), data)
+    saved = Image.core.get_blocks_max()
+    Image.core.set_blocks_max(cache)  # the buffer is kept up to the block cache's size
+    try:
+        bigger = images.encode(images.photo(400, 300, seed=9), "JPEG", quality=90)
+        process._decode_jpeg(Image.open(io.BytesIO(bigger)), bigger)
+        strict = process._decode_jpeg(Image.open(io.BytesIO(data)), data)
+    finally:
+        Image.core.set_blocks_max(saved)
+    if cache:  # the bigger picture's buffer was kept, and used
+        assert len(process._decode_buffer) >= 400 * 300 * 3
     assert (strict.mode, strict.size) == (pillow.mode, pillow.size)
     assert strict.tobytes() == pillow.tobytes()
     assert strict.info == pillow.info
