@@ -47,10 +47,8 @@ class Layout:
     # AVIF only: the AV1 sequence headers agree with the declared sizes (so the original's
     # bytes describe what was decoded and may be kept).
     consistent: bool = True
-    # JPEG only: where each scan's entropy-coded data ends, and the size of its largest block
-    # group (MCU), for the premature-end check after decoding.
+    # JPEG only: where each scan's entropy-coded data ends (the stripper copies up to there).
     scan_ends: tuple[int, ...] = ()
-    mcu: tuple[int, int] = (8, 8)
 
 
 def corrupt(fmt: Format, what: str = "is corrupt or truncated") -> ImageRejected:
@@ -220,8 +218,7 @@ def _walk_jpeg(data: bytes, fmt: Format, limits: Limits) -> Layout:
     if dc_done != set(frame.components):
         raise corrupt(fmt, "ends early (a component was never coded)")
     pixels = frame.width * frame.height
-    mcu = (8 * frame.hmax, 8 * frame.vmax) if len(frame.components) > 1 else (8, 8)
-    return Layout(frame.width, frame.height, 1, pixels, scans, scan_ends=tuple(scan_ends), mcu=mcu)
+    return Layout(frame.width, frame.height, 1, pixels, scans, scan_ends=tuple(scan_ends))
 
 
 # --- PNG ----------------------------------------------------------------------------------
