@@ -97,3 +97,20 @@ def test_slow_headers_and_stalled_bodies_are_cut_off(stack: Stack) -> None:
     while any(any(d.iterdir()) for d in tmp_dirs if d.exists()) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [p for d in tmp_dirs if d.exists() for p in d.iterdir()]
+
+
+def test_a_login_flood_is_refused_without_filling_the_error_log(stack: Stack) -> None:
+    """Rate-limit refusals go to the access log only: 200 refused logins write no error line."""
+    error_log = stack.state_dir / "logs" / "error.log"
+    before = error_log.read_bytes().count(b"\n")
+    body = b'{"login": "nobody-here", "password": "wrong password here"}'
+    with connect(stack.http) as sock:
+        request = (
+            b"POST /v1/token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + b"Content-Length: %d\r\n\r\n" % len(body)
+            + body
+        )
+        sock.sendall(request * 200)  # pipelined: faster than any rate limit
+        statuses = [read_response(sock, timeout=30).status for _ in range(200)]
+    assert statuses.count(429) >= 150, statuses
+    assert error_log.read_bytes().count(b"\n") == before

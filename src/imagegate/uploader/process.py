@@ -166,7 +166,10 @@ def _decode_jpeg(img: Image.Image, data: bytes) -> Image.Image:
     are Pillow's, byte for byte); CMYK ones, which Pillow inverts and tags, are decoded by Pillow
     after this pass, which is then only the check."""
     global _decode_buffer
-    colorspace, channels = {"L": ("GRAY", 1), "RGB": ("RGB", 3)}.get(img.mode, ("CMYK", 4))
+    # RGBX, not RGB: four bytes a pixel is Pillow's own layout, so the image below is a view of
+    # the decoded buffer, not a copy of it (one bitmap in memory, as with Pillow's decoder); the
+    # encoders take RGBX as RGB.
+    colorspace, channels = {"L": ("GRAY", 1), "RGB": ("RGBX", 4)}.get(img.mode, ("CMYK", 4))
     size = img.width * img.height * channels
     if size <= pillow_core.get_blocks_max() * pillow_core.get_block_size():
         if len(_decode_buffer) < size:
@@ -185,7 +188,8 @@ def _decode_jpeg(img: Image.Image, data: bytes) -> Image.Image:
         del pixels
         img.load()
         return img
-    decoded = Image.frombytes(img.mode, img.size, pixels)
+    raw_mode = "RGBX" if colorspace == "RGBX" else img.mode
+    decoded = Image.frombuffer(img.mode, img.size, pixels, "raw", raw_mode, 0, 1)
     decoded.info = dict(img.info)  # the header Pillow parsed: EXIF orientation, ICC profile
     return decoded
 
