@@ -683,11 +683,11 @@ def limits_before_after(b: Bench) -> None:
             )
 
         old, new = b.alternating(me("before"), me("after"))
-        b.add("GET /v1/user before: no conn limits", "embedded", "req/s", old.rps, load=old)
-        b.add("GET /v1/user after: conn limits", "embedded", "req/s", new.rps, old.rps, load=new)
+        b.add("GET /v1/user before the hardening (ba1fce3)", "embedded", "req/s", old.rps, load=old)
+        b.add("GET /v1/user after the hardening", "embedded", "req/s", new.rps, old.rps, load=new)
         old, new = b.alternating(upload_1mp("before"), upload_1mp("after"))
-        b.add("upload 1MP before: no conn limits", "embedded", "images/s", old.rps, load=old)
-        b.add("upload 1MP after: conn limits", "embedded", "images/s", new.rps, old.rps, load=new)
+        b.add("upload 1MP before the hardening (ba1fce3)", "embedded", "images/s", old.rps, load=old)
+        b.add("upload 1MP after the hardening", "embedded", "images/s", new.rps, old.rps, load=new)
 
         after = servers["after"]
         assert after.process is not None
