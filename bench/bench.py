@@ -686,7 +686,8 @@ def limits_before_after(b: Bench) -> None:
         b.add("GET /v1/user before the hardening (ba1fce3)", "embedded", "req/s", old.rps, load=old)
         b.add("GET /v1/user after the hardening", "embedded", "req/s", new.rps, old.rps, load=new)
         old, new = b.alternating(upload_1mp("before"), upload_1mp("after"))
-        b.add("upload 1MP before the hardening (ba1fce3)", "embedded", "images/s", old.rps, load=old)
+        before = "upload 1MP before the hardening (ba1fce3)"
+        b.add(before, "embedded", "images/s", old.rps, load=old)
         b.add("upload 1MP after the hardening", "embedded", "images/s", new.rps, old.rps, load=new)
 
         after = servers["after"]
