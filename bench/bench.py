@@ -161,24 +161,12 @@ class Bench:
         lines = [f'wrk.method = "{method}"']
         for name, value in (headers or {}).items():
             lines.append(f'wrk.headers["{name}"] = "{value}"')
+        assert not (tokens and bodies), "one kind of turn-taking per run"
         if tokens:
-            quoted = ", ".join(f'"Bearer {t}"' for t in tokens)
-            lines.append(
-                f"local tokens, turn = {{{quoted}}}, 0\n"
-                "request = function()\n"
-                "  turn = turn % #tokens + 1\n"
-                '  wrk.headers["Authorization"] = tokens[turn]\n'
-                "  return wrk.format()\nend"
-            )
+            bearers = [f"Bearer {t}" for t in tokens]
+            lines.append(_take_turns('wrk.headers["Authorization"]', bearers))
         if bodies:
-            quoted = ", ".join(f"[==[{b.decode()}]==]" for b in bodies)
-            lines.append(
-                f"local bodies, turn = {{{quoted}}}, 0\n"
-                "request = function()\n"
-                "  turn = turn % #bodies + 1\n"
-                "  wrk.body = bodies[turn]\n"
-                "  return wrk.format()\nend"
-            )
+            lines.append(_take_turns("wrk.body", [b.decode() for b in bodies]))
         if body is not None:
             body_file = script.with_suffix(".body")
             body_file.write_bytes(body)
@@ -213,6 +201,18 @@ class Bench:
         requests, dur_us, errors, non2xx, p50, p99 = (int(v) for v in line.split()[1:])
         ok = max(0, requests - non2xx)
         return Load(ok / (dur_us / 1e6), p50 / 1000, p99 / 1000, requests, errors, non2xx)
+
+
+def _take_turns(target: str, values: list[str]) -> str:
+    """A wrk ``request`` function that sets ``target`` to each of ``values`` in turn."""
+    quoted = ", ".join(f"[==[{v}]==]" for v in values)
+    return (
+        f"local values, turn = {{{quoted}}}, 0\n"
+        "request = function()\n"
+        "  turn = turn % #values + 1\n"
+        f"  {target} = values[turn]\n"
+        "  return wrk.format()\nend"
+    )
 
 
 # --- images ------------------------------------------------------------------------------
