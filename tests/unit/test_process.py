@@ -152,7 +152,7 @@ def test_a_worker_over_its_memory_mark_is_replaced(tmp_path: Path) -> None:
     src.write_bytes(images.jpeg(640, 480))
 
     async def pids(recycle_mib: int) -> list[int]:
-        pool = CodecPool(1, 4, 60.0, LIMITS, QUALITY, 0, recycle_mib=recycle_mib)
+        pool = CodecPool(1, 60.0, LIMITS, QUALITY, 0, recycle_mib=recycle_mib)
         try:
             seen = []
             for _ in range(3):

@@ -17,7 +17,7 @@ from typing import Any
 
 from pebble import ProcessExpired, ProcessPool
 
-from imagegate.errors import AppError, Unavailable, Unprocessable
+from imagegate.errors import AppError, Unprocessable
 from imagegate.settings import Settings
 from imagegate.uploader.process import (
     Budget,
@@ -38,7 +38,6 @@ class CodecPool:
     def __init__(
         self,
         workers: int,
-        queue: int,
         timeout: float,
         limits: Limits,
         quality: Quality,
@@ -48,8 +47,6 @@ class CodecPool:
         recycle_mib: int = 0,
     ) -> None:
         self._workers = workers
-        self._capacity = workers + queue
-        self._in_flight = 0
         self._timeout = timeout
         self._limits = limits
         self._quality = quality
@@ -64,10 +61,9 @@ class CodecPool:
 
     @classmethod
     def from_settings(cls, s: Settings) -> CodecPool:
-        """The pool ``s`` describes: worker count, queue, limits, quality, block cache."""
+        """The pool ``s`` describes: worker count, limits, budgets, quality, block cache."""
         return cls(
             workers=s.codec_workers,
-            queue=s.codec_queue,
             timeout=s.codec_timeout_seconds,
             limits=Limits(
                 s.image_max_pixels, s.image_max_side, s.image_max_frames, s.image_max_scans
@@ -89,36 +85,29 @@ class CodecPool:
         await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
 
     async def process(self, src: Path, dst: Path) -> Processed:
-        """Run the image pipeline on ``src``; 503 when every worker and queue slot is taken."""
-        if self._in_flight >= self._capacity:
-            raise Unavailable("image processing is at capacity; retry shortly", retry_after=2)
-        self._in_flight += 1
+        """Run the image pipeline on ``src``. Capacity is decided before an upload's body is
+        read (uploader/admission.py), so here every job waits for a worker."""
+        future = self._pool.schedule(
+            process_image,
+            args=(str(src), str(dst), self._limits, self._quality, self._budget),
+            timeout=self._timeout,
+        )
         try:
-            future = self._pool.schedule(
-                process_image,
-                args=(str(src), str(dst), self._limits, self._quality, self._budget),
-                timeout=self._timeout,
+            return await asyncio.wrap_future(future)
+        except ImageRejected as exc:
+            raise AppError(exc.message, status=exc.status) from None
+        except FutureTimeout as exc:
+            raise Unprocessable(f"image took longer than {self._timeout:g} s to process") from exc
+        except ProcessExpired as exc:
+            raise Unprocessable("image could not be processed (the decoder crashed)") from exc
+        except asyncio.CancelledError:
+            future.cancel()  # pebble stops the worker running it
+            # ...but not at once: a worker in its last step may still write ``dst`` after
+            # the caller removed it (seen: a bench run's cut-off uploads left .out files).
+            asyncio.get_running_loop().call_later(
+                LATE_OUTPUT_SECONDS, functools.partial(dst.unlink, missing_ok=True)
             )
-            try:
-                return await asyncio.wrap_future(future)
-            except ImageRejected as exc:
-                raise AppError(exc.message, status=exc.status) from None
-            except FutureTimeout as exc:
-                raise Unprocessable(
-                    f"image took longer than {self._timeout:g} s to process"
-                ) from exc
-            except ProcessExpired as exc:
-                raise Unprocessable("image could not be processed (the decoder crashed)") from exc
-            except asyncio.CancelledError:
-                future.cancel()  # pebble stops the worker running it
-                # ...but not at once: a worker in its last step may still write ``dst`` after
-                # the caller removed it (seen: a bench run's cut-off uploads left .out files).
-                asyncio.get_running_loop().call_later(
-                    LATE_OUTPUT_SECONDS, functools.partial(dst.unlink, missing_ok=True)
-                )
-                raise
-        finally:
-            self._in_flight -= 1
+            raise
 
     def close(self) -> None:
         self._pool.close()
