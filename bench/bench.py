@@ -1,6 +1,6 @@
 """imagegate benchmarks: every number next to the ceiling it could reach, measured in one run.
 
-    bench/run [--quick] [--json FILE] [--only limits]
+    bench/run [--quick] [--json FILE] [--only limits|events]
 
 Load comes from wrk (Debian's), one thread, driven by Lua scripts; its own ceiling is the NGINX
 static baseline. Targets: embedded mode (`imagegate serve`) and the local production stack
@@ -13,7 +13,10 @@ Every row from a load run records wrk's counts (requests, socket errors, answers
 2xx/3xx); bench/validate.py fails rows whose failures exceed 1 % unless they measure refusals on
 purpose (``rejections``). The connection limits' rows (``--only limits`` runs just those) compare
 embedded mode before them (commit BEFORE_LIMITS, unpacked by ``git archive``) with the working
-tree, in alternating rounds.
+tree, in alternating rounds. The event rows (``--only events`` runs just those; bench/events.py)
+time events from their commit to a webhook's arrival at 200 events/s, and one relay draining an
+outbox backlog next to Kafka's own producer benchmark; every event must arrive (``lossless``:
+no error budget).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import ModuleType
 
 import httpx
 from argon2 import PasswordHasher
@@ -44,6 +48,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import events  # noqa: E402  (bench/events.py: this folder is on sys.path when run)
+
 from imagegate.settings import Settings  # noqa: E402
 from imagegate.uploader.pool import CodecPool  # noqa: E402
 from tests.support.images import encode, photo  # noqa: E402
@@ -58,7 +64,9 @@ class Row:
     """One number. ``requests``, ``errors`` (wrk's socket errors: connect, read, write,
     timeout) and ``non2xx`` (answers other than 2xx/3xx) count the load run(s) behind it, null
     for numbers that are not from wrk; ``rejections`` marks rows that measure refusals on
-    purpose, which bench/validate.py does not hold to its error budget."""
+    purpose, which bench/validate.py does not hold to its error budget; ``lossless`` marks rows
+    whose every request must succeed (events: ``requests`` events sent, ``errors`` of them
+    lost), which it fails on any error."""
 
     scenario: str
     target: str
@@ -70,6 +78,7 @@ class Row:
     errors: int | None = None
     non2xx: int | None = None
     rejections: bool = False
+    lossless: bool = False
 
 
 @dataclass
@@ -116,12 +125,13 @@ class Bench:
         *,
         load: Load | None = None,
         rejections: bool = False,
+        lossless: bool = False,
     ) -> None:
         ratio = round(value / baseline, 3) if baseline else None
         row = Row(scenario, target, metric, round(value, 3), baseline and round(baseline, 3), ratio)
         if load is not None:
             row.requests, row.errors, row.non2xx = load.requests, load.errors, load.non2xx
-        row.rejections = rejections
+        row.rejections, row.lossless = rejections, lossless
         self.rows.append(row)
         shown = f"  (baseline {row.baseline}, ratio {row.ratio})" if baseline else ""
         if load is not None and (load.errors or load.non2xx):
@@ -594,6 +604,7 @@ def run(b: Bench, only: str = "all") -> None:
     if only == "limits":
         limits_before_after(b)
         return
+    # Every part below needs the stack (the events rows too).
     stack = stack_module()
     stack_was_up = (
         subprocess.run(
@@ -610,11 +621,74 @@ def run(b: Bench, only: str = "all") -> None:
     port = free_port()
     framework = f"http://127.0.0.1:{port}/ping"
     try:
-        with process([PY, str(ROOT / "bench" / "bare_app.py"), str(port)], framework):
-            run_with_stack(b, stack, framework)
+        if only == "all":
+            with process([PY, str(ROOT / "bench" / "bare_app.py"), str(port)], framework):
+                run_with_stack(b, stack, framework)
+        event_rows(b, stack)  # last: its relay rounds leave the workers a backlog to handle
     finally:
         if not stack_was_up:
             subprocess.run([PY, str(ROOT / "deploy/local/stack.py"), "down"], capture_output=True)
+
+
+def event_rows(b: Bench, stack: ModuleType) -> None:
+    """Issue 11's rows (bench/events.py): latency from an event's commit to its webhook's
+    arrival at 200 events/s, and one relay's throughput next to Kafka's producer benchmark.
+
+    The events are outbox rows inserted directly in PostgreSQL, not real uploads: at 200/s the
+    codec (and Argon2 for registrations) would take both cores, and the latency would measure
+    them rather than the event path (outbox → relay → Kafka → worker → webhook). They are
+    clones of a real ``image.stored`` event (one real upload first), so every byte on the way
+    is the real size, for eight accounts, each with a webhook to a receiver in this process.
+    """
+    api = f"http://127.0.0.1:{stack.PLAIN_PORT}"
+    with httpx.Client(base_url=api, timeout=60) as c:
+        tokens = [token for _, token in accounts(c, 8)]
+        upload(c, tokens[0], IMAGES["100kb"])  # the real event the bench's events copy
+    owners = [events.Account(t, events.user_id(api, t)) for t in tokens]
+    template = events.template_event(stack, owners[0].user_id)
+
+    seconds = 5 if b.quick else 20
+    lat = events.measure_latency(stack, api, owners, template, rate=200, seconds=seconds)
+    load = Load(0.0, lat.p50_ms, lat.p99_ms, lat.sent, lat.lost, 0)
+    scenario = "event commit → webhook, 200/s (goal p99 ≤ 250 ms)"
+    b.add(scenario, "stack", "p50 ms", lat.p50_ms, load=load, lossless=True)
+    b.add(scenario, "stack", "p99 ms", lat.p99_ms, 250, load=load, lossless=True)
+    if lat.duplicates:
+        print(f"  {lat.duplicates} events arrived twice (dropped by webhook-id)", flush=True)
+
+    count = 10_000 if b.quick else 50_000
+
+    def counted(rate: events.Rate) -> Load:
+        return Load(rate.per_second, 0.0, 0.0, rate.count, rate.lost, 0)
+
+    with events.RelayBench(
+        stack,
+        b.work,
+        owners,
+        template,
+        catch_up_timeout=120 if b.quick else 600,
+    ) as relay_bench:
+        relay, tool = b.alternating(
+            lambda _: counted(relay_bench.relay_round(count)),
+            lambda _: counted(relay_bench.tool_round(count)),
+        )
+    b.add(
+        "Kafka ProducerPerformance, the same records",
+        "baseline",
+        "events/s",
+        tool.rps,
+        load=tool,
+        lossless=True,
+    )
+    b.add(
+        f"relay: outbox backlog of {count:,} → Kafka (goal ≥ 0.5)",
+        "stack",
+        "events/s",
+        relay.rps,
+        tool.rps,
+        load=relay,
+        lossless=True,
+    )
 
 
 # The last commit before embedded mode's connection limits (server.py, middleware.BodyTimeout).
@@ -889,9 +963,10 @@ def main(argv: list[str] | None = None, *, on_row: Callable[[Row], None] | None 
     parser.add_argument("--json", type=Path, help="write the rows as JSON to this file")
     parser.add_argument(
         "--only",
-        choices=("all", "limits"),
+        choices=("all", "limits", "events"),
         default="all",
-        help="limits: only the connection limits' rows (embedded, no stack)",
+        help="limits: only the connection limits' rows (embedded, no stack); events: only the "
+        "event rows (stack)",
     )
     args = parser.parse_args(argv)
     start = time.monotonic()

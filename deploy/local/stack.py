@@ -1,17 +1,36 @@
-"""The production topology as plain processes on loopback, for development, tests and benches.
+r"""The production topology as plain processes on loopback, for development, tests and benches.
 
-    deploy/local/stack up [--demo] | down | status | start NAME | stop NAME | kill NAME
+    deploy/local/stack up [--demo] | down | status | urls | start NAME | stop NAME | kill NAME
+        (NAME: a component of `status`, or kafka for the three Kafka nodes together)
+    deploy/local/stack kafka-tool [--user USER] CLASS [ARGS...]
 
 NGINX (gateway) → security x2, uploader x2 → PostgreSQL and MinIO, each with its own data dir
-and port under the state dir (IMAGEGATE_STACK_DIR, default .stack/). Missing programs are
-installed: NGINX and PostgreSQL from Debian's packages, MinIO built from its Go module (pinned,
-cached in ~/.cache/imagegate/bin). Secrets are generated once into the state dir (mode 0600).
+and port under the state dir (IMAGEGATE_STACK_DIR, default .stack/). Events: the services write
+an outbox; relay x2 (one active, one standing by) publish it to a 3-node Kafka cluster (KRaft,
+each node broker + controller: kafka-1..3, client ports 9192-9194), worker x2 consume it.
+Missing programs are installed: NGINX and PostgreSQL from Debian's packages, MinIO built from
+its Go module (pinned, cached in ~/.cache/imagegate/bin), Kafka's jars resolved by Maven from
+deploy/kafka/pom.xml (cached in ~/.cache/imagegate/kafka-VERSION-*; Java 17+ runs them). Secrets
+(passwords, Kafka's cluster id and SCRAM users) are generated once into STATE/secrets.env (0600).
+
+Kafka's users (SASL/SCRAM-SHA-512): admin (super user), relay (writes the imagegate.* topics),
+worker (reads them in group imagegate-worker), reader (reads imagegate.accounts in groups
+imagegate-replica-*). Topics and ACLs: deploy/local/kafka.py.
+
+kafka-tool runs a class from Kafka's jars (a bare name means org.apache.kafka.tools.NAME) as
+USER (default admin); the argument {client-config} becomes that user's client properties file.
+Kafka's producer benchmark, into the benchmark topic (same layout as the real ones):
+
+    deploy/local/stack kafka-tool ProducerPerformance --topic imagegate-bench \
+        --num-records 200000 --record-size 1024 --throughput -1 \
+        --producer.config {client-config} --producer-props acks=all
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import importlib.util
 import json
 import os
 import pwd
@@ -21,10 +40,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import httpx
 import psycopg
@@ -39,6 +60,24 @@ IMAGEGATE = [sys.executable, "-m", "imagegate"]
 BUCKET = "data"
 
 
+def _load_kafka() -> ModuleType:
+    """deploy/local/kafka.py, by path: this file is also loaded by path (tests/stack)."""
+    spec = importlib.util.spec_from_file_location(
+        "imagegate_stack_kafka", ROOT / "deploy/local/kafka.py"
+    )
+    assert spec
+    assert spec.loader
+    if spec.name in sys.modules:
+        return sys.modules[spec.name]
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+kafka = _load_kafka()
+
+
 def port(name: str, default: int) -> int:
     return int(os.environ.get(f"IMAGEGATE_STACK_{name}_PORT", default))
 
@@ -50,6 +89,10 @@ PG_PORT = port("PG", 55432)
 MINIO_PORT = port("MINIO", 9000)
 SECURITY_PORTS = (port("SECURITY1", 9101), port("SECURITY2", 9102))
 UPLOADER_PORTS = (port("UPLOADER1", 9201), port("UPLOADER2", 9202))
+RELAY_PORTS = (port("RELAY1", 9301), port("RELAY2", 9302))
+WORKER_PORTS = (port("WORKER1", 9401), port("WORKER2", 9402))
+# Each service's Kafka user (tests/stack and the bench use them too).
+KAFKA_USER = {"security": "reader", "uploader": "reader", "relay": "relay", "worker": "worker"}
 
 
 def log(message: str) -> None:
@@ -102,20 +145,29 @@ def ensure_minio() -> Path:
 
 
 def secrets_env() -> dict[str, str]:
-    """Generated once; never in the repository."""
+    """Generated once; never in the repository. Values a newer layout adds are appended."""
     path = STATE / "secrets.env"
     if not path.exists():
         STATE.mkdir(parents=True, exist_ok=True)
-        values = {
-            "PG_SUPER_PASSWORD": secrets.token_urlsafe(24),
-            "PG_APP_PASSWORD": secrets.token_urlsafe(24),
-            "MINIO_ROOT_USER": "imagegate-" + secrets.token_hex(4),
-            "MINIO_ROOT_PASSWORD": secrets.token_urlsafe(24),
-        }
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.writelines(f"{k}={v}\n" for k, v in values.items())
-    return dict(line.split("=", 1) for line in path.read_text().split())
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    present = dict(line.split("=", 1) for line in path.read_text().split())
+    fresh = {
+        "PG_SUPER_PASSWORD": lambda: secrets.token_urlsafe(24),
+        "PG_APP_PASSWORD": lambda: secrets.token_urlsafe(24),
+        "MINIO_ROOT_USER": lambda: "imagegate-" + secrets.token_hex(4),
+        "MINIO_ROOT_PASSWORD": lambda: secrets.token_urlsafe(24),
+    }
+    missing = {k: make() for k, make in fresh.items() if k not in present}
+    if not any(k.startswith("KAFKA_") for k in present):
+        missing |= kafka.new_secrets()
+    if missing:
+        with open(path, "a") as f:
+            f.writelines(f"{k}={v}\n" for k, v in missing.items())
+        present |= missing
+    return present
+
+
+CLUSTER = kafka.Cluster(STATE, CACHE, secrets_env)
 
 
 def service_env(role: str) -> dict[str, str]:
@@ -133,6 +185,13 @@ def service_env(role: str) -> dict[str, str]:
         "IMAGEGATE_ACCEL_REDIRECT_PREFIX": "/_storage",
         "IMAGEGATE_MIGRATE_ON_START": "false",
         "IMAGEGATE_LOG_LEVEL": os.environ.get("IMAGEGATE_LOG_LEVEL", "info"),
+        "IMAGEGATE_EVENTS": "kafka",
+        "IMAGEGATE_KAFKA_BOOTSTRAP": kafka.BOOTSTRAP,
+        "IMAGEGATE_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "IMAGEGATE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "IMAGEGATE_KAFKA_USERNAME": KAFKA_USER[role],
+        "IMAGEGATE_KAFKA_PASSWORD": s[f"KAFKA_{KAFKA_USER[role].upper()}_PASSWORD"],
+        "IMAGEGATE_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",  # receivers of tests and bench
     }
     if role == "security":
         env["IMAGEGATE_JWT_PRIVATE_KEY_FILE"] = str(STATE / "keys" / "jwt-signing-key.pem")
@@ -150,6 +209,7 @@ class Component:
     name: str
     command: Callable[[], list[str]]
     health: str | None = None  # URL answering 200 when ready
+    check: Callable[[], bool] | None = None  # or this answering True
     env: Callable[[], dict[str, str]] = dict
     user: str | None = None
     stop_command: Callable[[], list[str]] | None = None
@@ -172,6 +232,8 @@ class Component:
             return None
 
     def healthy(self) -> bool:
+        if self.check is not None:
+            return self.pid() is not None and self.check()
         if self.health is None:
             return self.pid() is not None
         try:
@@ -180,8 +242,14 @@ class Component:
             return False
 
     def start(self, timeout: float = 90) -> None:
+        proc = self.launch()
+        if proc is not None:
+            self.wait(proc, timeout)
+
+    def launch(self) -> subprocess.Popen[bytes] | None:
+        """Start the process (None if it already runs healthy); ``wait`` for it next."""
         if self.pid() is not None and self.healthy():
-            return
+            return None
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.pid_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env()}
@@ -197,6 +265,9 @@ class Component:
             )
         if self.pidfile is None:
             self.pid_path.write_text(f"{proc.pid}\n")
+        return proc
+
+    def wait(self, proc: subprocess.Popen[bytes], timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.pidfile is None and proc.poll() is not None:
@@ -275,6 +346,7 @@ def nginx_paths() -> tuple[Path, Path]:
 
 def service(role: str, index: int, port_: int) -> Component:
     data = STATE / f"{role}-{index}"
+    demo = role in ("security", "uploader")  # the demo account is made by an API role
     return Component(
         name=f"{role}-{index}",
         command=lambda: [
@@ -287,7 +359,7 @@ def service(role: str, index: int, port_: int) -> Component:
             str(port_),
             "--data-dir",
             str(data),
-            *(["--demo"] if DEMO else []),
+            *(["--demo"] if DEMO and demo else []),
         ],
         health=f"http://127.0.0.1:{port_}/healthz",
         env=lambda: service_env(role),
@@ -315,8 +387,18 @@ COMPONENTS: dict[str, Component] = {
         health=f"http://127.0.0.1:{MINIO_PORT}/minio/health/live",
         env=minio_env,
     ),
+    **{
+        n.name: Component(
+            n.name,
+            lambda n=n: CLUSTER.command(n),
+            check=lambda n=n: CLUSTER.serving(n),
+        )
+        for n in kafka.NODES
+    },
     **{c.name: c for i, p in enumerate(SECURITY_PORTS, 1) if (c := service("security", i, p))},
     **{c.name: c for i, p in enumerate(UPLOADER_PORTS, 1) if (c := service("uploader", i, p))},
+    **{c.name: c for i, p in enumerate(RELAY_PORTS, 1) if (c := service("relay", i, p))},
+    **{c.name: c for i, p in enumerate(WORKER_PORTS, 1) if (c := service("worker", i, p))},
     "gateway": Component(
         "gateway",
         lambda: [
@@ -481,6 +563,7 @@ def up(demo: bool) -> None:
     ensure_minio()
     start_postgres()
     COMPONENTS["minio"].start()
+    kafka_nodes = launch_kafka()  # the JVMs boot while the bucket and schema are prepared
     env = {**os.environ, **service_env("uploader")}
     run(
         [*IMAGEGATE, "storage", "init", "--data-dir", str(STATE / "admin")],
@@ -493,11 +576,48 @@ def up(demo: bool) -> None:
         stdout=subprocess.DEVNULL,
     )
     prepare_keys()
+    wait_kafka(kafka_nodes)
     for name in ("security-1", "security-2", "uploader-1", "uploader-2"):
         COMPONENTS[name].start()
+    # No demo account to race on: the relays and workers start together.
+    for comp, proc in [(COMPONENTS[n], COMPONENTS[n].launch()) for n in EVENT_NAMES]:
+        if proc is not None:
+            comp.wait(proc)
     prepare_gateway()
     COMPONENTS["gateway"].start()
     print(json.dumps(urls(), indent=2))
+
+
+KAFKA_NAMES = [n.name for n in kafka.NODES]
+EVENT_NAMES = ["relay-1", "relay-2", "worker-1", "worker-2"]
+
+
+Launched = list[tuple[Component, "subprocess.Popen[bytes] | None"]]
+
+
+def ensure_java_maven() -> None:
+    """Java runs Kafka; Maven fetches its jars (once). Debian's default JRE is 17+."""
+    wanted = {"java": "default-jre-headless", "mvn": "maven"}
+    missing = [package for tool, package in wanted.items() if not shutil.which(tool)]
+    if missing and not (shutil.which("java") and CLUSTER.jars_cached()):
+        apt_install(*missing)
+
+
+def launch_kafka() -> Launched:
+    """All nodes at once: a lone node has no quorum to join, so none is waited for alone."""
+    ensure_java_maven()
+    CLUSTER.ensure_jars()
+    return [(COMPONENTS[name], COMPONENTS[name].launch()) for name in KAFKA_NAMES]
+
+
+def wait_kafka(launched: Launched, timeout: float = 180) -> None:
+    """Every node serving, then the topics and ACLs."""
+    started = time.monotonic()
+    for comp, proc in launched:
+        if proc is not None:
+            comp.wait(proc, timeout)
+    CLUSTER.setup()
+    log(f"Kafka serving, topics and ACLs in place (waited {time.monotonic() - started:.1f} s)")
 
 
 def urls() -> dict[str, str]:
@@ -508,13 +628,32 @@ def urls() -> dict[str, str]:
         "ca_bundle": str(STATE / "tls" / "cert.pem"),
         "minio": f"http://127.0.0.1:{MINIO_PORT}",
         "bucket": BUCKET,
+        "kafka_bootstrap": kafka.BOOTSTRAP,
         "state_dir": str(STATE),
     }
 
 
+def kill_kafka() -> None:
+    for name in KAFKA_NAMES:
+        COMPONENTS[name].stop(signal.SIGKILL)
+
+
 def down() -> None:
     for name in reversed(list(COMPONENTS)):
-        COMPONENTS[name].stop()
+        if name == KAFKA_NAMES[-1]:
+            stop_kafka()
+        elif name not in KAFKA_NAMES:
+            COMPONENTS[name].stop()
+
+
+def stop_kafka() -> None:
+    """Signal every node, then wait: one by one, the last nodes would wait for a quorum."""
+    running = [c for c in (COMPONENTS[n] for n in KAFKA_NAMES) if c.pid() is not None]
+    threads = [threading.Thread(target=c.stop) for c in running]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def status() -> int:
@@ -528,14 +667,30 @@ def status() -> int:
     return 1 if bad else 0
 
 
+def kafka_tool(argv: list[str]) -> int:
+    """``kafka-tool [--user USER] CLASS [ARGS...]`` (see the module's docstring)."""
+    user = "admin"
+    if argv[:1] == ["--user"] and len(argv) > 1:
+        user, argv = argv[1], argv[2:]
+    if not argv or user not in kafka.USERS:
+        sys.exit(f"usage: deploy/local/stack kafka-tool [--user {'|'.join(kafka.USERS)}] CLASS ...")
+    code: int = CLUSTER.tool(user, argv[0], argv[1:])
+    return code
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["kafka-tool"]:
+        sys.exit(kafka_tool(sys.argv[2:]))
     parser = argparse.ArgumentParser(
         prog="deploy/local/stack",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("action", choices=["up", "down", "status", "start", "stop", "kill", "urls"])
-    parser.add_argument("name", nargs="?", choices=list(COMPONENTS))
+    parser.add_argument(
+        "action", choices=["up", "down", "status", "start", "stop", "kill", "urls", "kafka-tool"]
+    )
+    # "kafka" names the three nodes together (a lone node has no quorum to start with).
+    parser.add_argument("name", nargs="?", choices=[*COMPONENTS, "kafka"])
     parser.add_argument("--demo", action="store_true", help="create the demo user bob/qwe123")
     args = parser.parse_args()
     if args.action in ("start", "stop", "kill") and not args.name:
@@ -553,10 +708,16 @@ def main() -> None:
         DEMO = args.demo
         if args.name == "postgres":
             start_postgres()
+        elif args.name == "kafka":
+            wait_kafka(launch_kafka())
         else:
             if args.name == "gateway":
                 prepare_gateway()
             COMPONENTS[args.name].start()
+    elif args.name == "kafka" and args.action == "stop":
+        stop_kafka()
+    elif args.name == "kafka":
+        kill_kafka()
     elif args.action == "stop":
         COMPONENTS[args.name].stop()
     else:

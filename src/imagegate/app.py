@@ -16,6 +16,7 @@ from imagegate.runtime import build_runtime
 from imagegate.security import routes as security_routes
 from imagegate.settings import ALL_ROLES, Role, Settings
 from imagegate.uploader import routes as uploader_routes
+from imagegate.webhooks import routes as webhook_routes
 
 UPLOAD_PATH = "/v1/upload"
 
@@ -35,6 +36,7 @@ def create_app(settings: Settings, roles: tuple[Role, ...] = ALL_ROLES) -> FastA
     routers: list[APIRouter] = []
     if "security" in roles:
         routers.append(security_routes.router)
+        routers.append(webhook_routes.router)  # account settings: with the security service
     if "uploader" in roles:
         routers.append(uploader_routes.router)
     routers.append(apidocs.router)

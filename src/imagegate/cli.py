@@ -19,14 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from imagegate import __version__, server
 from imagegate.app import create_app
 from imagegate.db import queries
-from imagegate.db.engine import create_engine, create_sessionmaker
+from imagegate.db.engine import create_engine, create_sessionmaker, is_sqlite
 from imagegate.db.migrate import upgrade
 from imagegate.errors import AppError, Conflict
 from imagegate.runtime import build_storage, prepare_data_dir, signing_key_path
-from imagegate.security.accounts import create_account
+from imagegate.security.accounts import create_account, delete_account
 from imagegate.security.keys import load_or_create_signing_key, public_pem
 from imagegate.security.passwords import Passwords, normalize_login
-from imagegate.settings import ALL_ROLES, Role, Settings, load_settings
+from imagegate.settings import ALL_ROLES, SERVICE_ROLES, Role, Settings, load_settings
 from imagegate.storage.s3 import S3Storage
 from imagegate.tls import ensure_self_signed
 
@@ -129,19 +129,25 @@ def _parser() -> argparse.ArgumentParser:
         "imagegate serve --demo                      # try it: http://127.0.0.1:8080/docs",
         "imagegate serve --host 0.0.0.0 --tls        # HTTPS, self-signed certificate",
         "imagegate serve security --port 8081        # one service of a production deployment",
+        "IMAGEGATE_EVENTS=kafka imagegate serve relay --port 8091   # with PostgreSQL",
         description=(
             "Run the service. With no ROLE, one process serves the whole API (embedded\n"
             "mode: SQLite and images in the data dir). In production, run 'serve security'\n"
             "and 'serve uploader' separately behind the NGINX gateway (see deploy/).\n"
+            "With events on Kafka (IMAGEGATE_EVENTS=kafka, PostgreSQL) also run 'serve relay'\n"
+            "(publishes committed events to Kafka; several may run, one publishes at a time)\n"
+            "and 'serve worker' (consumes them and runs their handlers: account purge,\n"
+            "webhooks). Those two serve only /status, /healthz and /metrics.\n"
             "The database schema is upgraded at start (IMAGEGATE_MIGRATE_ON_START)."
         ),
     )
     serve.add_argument(
         "role",
         nargs="?",
-        choices=ALL_ROLES,
+        choices=SERVICE_ROLES,
         metavar="ROLE",
-        help="serve only 'security' (accounts, tokens) or 'uploader' (images)",
+        help="serve only 'security' (accounts, tokens), 'uploader' (images), 'relay' "
+        "(publishes events to Kafka) or 'worker' (handles events from Kafka)",
     )
     serve.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default: 8080)")
@@ -199,6 +205,10 @@ def _parser() -> argparse.ArgumentParser:
         "delete",
         "delete an account and all its images",
         "imagegate user delete alice",
+        description="Delete an account and all its images. The account and its records are\n"
+        "gone when the command returns; the image files are removed in the background\n"
+        "by the server (embedded: the running 'imagegate serve', or at its next start;\n"
+        "with Kafka: the worker).",
     )
     delete.add_argument("login")
     _common(delete)
@@ -350,6 +360,7 @@ async def _add_user(settings: Settings, login: str, password: str, *, enforce: b
             login,
             password,
             min_length=settings.password_min_length,
+            source=settings.event_source,
             enforce_policy=enforce,
         )
     print(f"created {user.login} ({user.id})")
@@ -388,18 +399,28 @@ async def _delete_user(settings: Settings, login: str) -> None:
         user = await queries.user_by_login(session, normalize_login(login))
         if user is None:
             raise SystemExit(f"error: no such user: {login}")
-        images = [(i.name, i.public) for i in await queries.images_of(session, user.id)]
-        deleted = user.login
-        await session.delete(user)  # images' rows go by ON DELETE CASCADE
-        await session.commit()
-    storage = build_storage(settings)
-    for name, public in images:  # records first, then bytes: see storage/reconcile.py
-        await storage.delete(name, public=public)
-    print(f"deleted {deleted} and {_count(len(images), 'image')}")
+        try:
+            deleted = await delete_account(session, user, source=settings.event_source)
+        except LookupError:  # deleted by someone else a moment ago
+            raise SystemExit(f"error: no such user: {login}") from None
+    # The records are gone; the bytes are removed by the account.deleted handler: the running
+    # server's dispatcher (or the Kafka worker) picks the event up from the outbox.
+    if deleted.images == 0:
+        print(f"deleted {deleted.login} and 0 images")
+    else:
+        print(
+            f"deleted {deleted.login} and {_count(deleted.images, 'image')}; the image files "
+            "are removed in the background by the server (within seconds while it runs)"
+        )
 
 
 def _serve(settings: Settings, role: Role | None) -> None:
     roles: tuple[Role, ...] = (role,) if role else ALL_ROLES
+    if role == "relay" and is_sqlite(settings.effective_database_url):
+        raise SystemExit(
+            "error: the relay needs PostgreSQL (IMAGEGATE_DATABASE_URL=postgresql://...); "
+            "with SQLite, events are handled inside 'imagegate serve' (IMAGEGATE_EVENTS=inline)"
+        )
     prepare_data_dir(settings.data_dir)
     if settings.migrate_on_start:
         upgrade(settings.effective_database_url)

@@ -10,7 +10,6 @@ from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security.base import SecurityBase
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from imagegate.db import queries
 from imagegate.errors import Unauthorized
 from imagegate.runtime import Runtime
 from imagegate.security.tokens import Identity, InvalidToken
@@ -61,7 +60,7 @@ async def authenticate(request: Request, *, account_check: bool) -> Identity:
         identity = runtime.verifier.verify(token)
     except InvalidToken as exc:
         raise Unauthorized("invalid or expired token") from exc
-    if account_check and not await queries.user_exists(runtime.reads, identity.user_id):
+    if account_check and not await runtime.directory.exists(identity.user_id):
         raise Unauthorized("account no longer exists")
     return identity
 

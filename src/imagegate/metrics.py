@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Anything else a client sends is counted as "other": label values must stay a small set.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -44,6 +44,53 @@ class Metrics:
             "imagegate_logins_total",
             "Login attempts by outcome",
             ["outcome"],
+            registry=self.registry,
+        )
+        # Events on Kafka (events/relay.py, events/worker.py)
+        self.events_published = Counter(
+            "imagegate_events_published_total",
+            "Events the relay published to Kafka (delivery acknowledged by all in-sync replicas)",
+            ["topic"],
+            registry=self.registry,
+        )
+        self.relay_batch_seconds = Histogram(
+            "imagegate_relay_batch_duration_seconds",
+            "One relay batch: read the outbox, produce, wait for every acknowledgement, mark",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.relay_active = Gauge(
+            "imagegate_relay_active",
+            "1 while this relay holds the lease (the one that publishes), else 0",
+            registry=self.registry,
+        )
+        self.relay_in_flight = Gauge(
+            "imagegate_relay_in_flight",
+            "Events of the current batch produced and not yet acknowledged (stuck while the "
+            "brokers are away)",
+            registry=self.registry,
+        )
+        self.events_poison = Counter(
+            "imagegate_events_poison_total",
+            "Kafka messages the worker could not parse as events: logged and skipped",
+            ["topic"],
+            registry=self.registry,
+        )
+        self.events_handled = Counter(
+            "imagegate_events_handled_total",
+            "Events run through their handlers, by type and outcome (ok or error: retried)",
+            ["type", "outcome"],
+            registry=self.registry,
+        )
+        # Set from the outbox table when /metrics is scraped (see ops.metrics).
+        self.outbox_depth = Gauge(
+            "imagegate_outbox_depth",
+            "Events committed but not yet published (relay) or handled (inline dispatcher)",
+            registry=self.registry,
+        )
+        self.outbox_oldest_age = Gauge(
+            "imagegate_outbox_oldest_age_seconds",
+            "Age of the oldest unpublished event (0 when there is none)",
             registry=self.registry,
         )
         # Labelled children by (route, method, status): prometheus_client's labels() takes a

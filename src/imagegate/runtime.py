@@ -16,7 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from imagegate.db.engine import create_engine, create_sessionmaker
 from imagegate.db.reads import Reader, create_reader
+from imagegate.events.handlers import HandlerContext
+from imagegate.events.outbox import WAKE_INFO_KEY
+from imagegate.events.service import EventServices
 from imagegate.metrics import Metrics
+from imagegate.security.directory import Directory, build_directory
 from imagegate.security.keys import load_or_create_signing_key, load_public_keys
 from imagegate.security.passwords import Passwords
 from imagegate.security.tokens import TokenIssuer, TokenVerifier
@@ -47,6 +51,8 @@ class Runtime:
     verifier: TokenVerifier
     issuer: TokenIssuer | None
     passwords: Passwords
+    events: EventServices
+    directory: Directory
     codec: CodecPool | None = None
     admission: Admission | None = None
     _lock: IO[bytes] | None = field(default=None, repr=False)
@@ -57,9 +63,14 @@ class Runtime:
         return self.issuer
 
     async def start(self) -> None:
-        """Claim the data dir, clear leftovers of a crash, start the codec workers."""
-        if "uploader" not in self.roles:
-            return
+        """Uploader: claim the data dir, clear leftovers of a crash, start the codec workers.
+        Every role: start its event machinery (see events/service.py)."""
+        if "uploader" in self.roles:
+            await self._start_uploader()
+        await self.events.start()
+        await self.directory.start()
+
+    async def _start_uploader(self) -> None:
         self._lock = lock_data_dir(self.settings.data_dir)
         tmp = self.settings.tmp_dir
         shutil.rmtree(tmp, ignore_errors=True)
@@ -80,6 +91,8 @@ class Runtime:
         await self.codec.warm()
 
     async def stop(self) -> None:
+        await self.directory.stop()
+        await self.events.stop()
         if self.codec is not None:
             self.codec.close()
         await self.reads.close()
@@ -138,14 +151,23 @@ def build_runtime(settings: Settings, roles: tuple[Role, ...]) -> Runtime:
     private_key, public_keys = _keys(settings, roles)
     url = settings.effective_database_url
     engine = create_engine(url, settings.database_pool_size)
+    sessions = create_sessionmaker(engine)
+    storage = build_storage(settings)
+    metrics = Metrics()
+    events = EventServices(HandlerContext(settings, sessions, storage, metrics), engine, roles)
+    # A commit that emitted an event wakes this process's dispatcher (see outbox.emit).
+    sessions.configure(info={WAKE_INFO_KEY: events.wake})
+    reads = create_reader(url, engine)
     return Runtime(
         settings=settings,
         roles=roles,
         engine=engine,
-        sessions=create_sessionmaker(engine),
-        reads=create_reader(url, engine),
-        storage=build_storage(settings),
-        metrics=Metrics(),
+        sessions=sessions,
+        reads=reads,
+        storage=storage,
+        metrics=metrics,
+        events=events,
+        directory=build_directory(settings, roles, reads, engine, sessions, metrics),
         verifier=TokenVerifier(
             public_keys,
             settings.jwt_issuer,

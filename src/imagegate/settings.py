@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -9,8 +10,10 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-Role = Literal["security", "uploader"]
+Role = Literal["security", "uploader", "relay", "worker"]
+# Embedded mode: the whole API in one process (events then dispatched inline, see events/).
 ALL_ROLES: tuple[Role, ...] = ("security", "uploader")
+SERVICE_ROLES: tuple[Role, ...] = ("security", "uploader", "relay", "worker")
 MIB = 1024 * 1024
 
 
@@ -172,14 +175,95 @@ class Settings(BaseSettings):
     webp_quality: int = Field(79, ge=1, le=100)
     avif_quality: int = Field(63, ge=1, le=100)
 
+    # Events (events/): an outbox table, drained inline or relayed to Kafka for the worker
+    events: Literal["inline", "kafka"] = Field(
+        "inline",
+        description="inline: this process runs the event handlers itself (embedded mode); "
+        "kafka: the relay publishes events to Kafka and the worker consumes them.",
+    )
+    event_source: str = Field(
+        "/imagegate", description="The CloudEvents 'source' of every event this system emits."
+    )
+    outbox_retention_seconds: int = Field(
+        3 * 86400, ge=60, description="Published outbox rows are pruned after this."
+    )
+    outbox_batch_size: int = Field(500, ge=1, le=10_000, description="Rows per relay batch.")
+    outbox_poll_seconds: float = Field(
+        0.05, gt=0, le=10, description="How often an idle relay or inline dispatcher looks."
+    )
+    purge_batch_size: int = Field(
+        500, ge=1, le=1000, description="Objects removed per storage call in an account purge."
+    )
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Comma-separated brokers.")
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = (
+        "SASL_PLAINTEXT"
+    )
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_username: str | None = None
+    kafka_password: SecretStr | None = None
+    kafka_ca_file: Path | None = Field(None, description="CA bundle for SASL_SSL/SSL.")
+    kafka_topic_prefix: str = Field(
+        "imagegate", description="Topics are <prefix>.accounts and <prefix>.images."
+    )
+    kafka_consumer_group: str = "imagegate-worker"
+    account_feed: bool = Field(
+        True,
+        description="events=kafka: security and uploader replicas check accounts in memory, "
+        "fed by <prefix>.accounts (false: one database read per check, as embedded).",
+    )
+    account_feed_max_lag_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="The account feed answers only while it is known complete up to this "
+        "long ago (a deleted account is refused within it); the database answers otherwise.",
+    )
+    account_feed_heartbeat_seconds: float = Field(
+        0.2,
+        gt=0,
+        le=10,
+        description="The relay's heartbeats to <prefix>.accounts, at most this often: below "
+        "account_feed_max_lag_seconds, or the replicas fall back to the database.",
+    )
+
+    # Webhooks
+    webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated networks (e.g. 127.0.0.0/8) webhooks may reach although "
+        "they are loopback, private or link-local; refused by default.",
+    )
+    webhook_timeout_seconds: float = Field(10.0, gt=0, le=60)
+    webhook_retry_seconds: int = Field(
+        86400, ge=60, description="A delivery is retried with backoff for this long."
+    )
+    webhook_retry_base_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="Delay before the first retry; the later ones are 60, 360, 1440, 3600 and "
+        "7200 times it (5 s: the Standard Webhooks / Svix schedule).",
+    )
+    webhooks_per_user: int = Field(20, ge=1, le=1000)
+
     # Operator conveniences
     demo: bool = False
 
-    @field_validator("trusted_proxies", mode="before")
+    @field_validator("trusted_proxies", "webhook_allowed_networks", mode="before")
     @classmethod
     def _split_proxies(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        # Refused at start in every role, not at the first registration or delivery.
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not a network: {network!r} (e.g. 127.0.0.0/8)") from exc
         return value
 
     @model_validator(mode="after")

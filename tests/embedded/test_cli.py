@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import time
 from pathlib import Path
 
 import httpx
@@ -45,14 +46,17 @@ def test_user_add_list_delete(tmp_path: Path) -> None:
             assert (
                 c.post("/v1/token", json={"login": "bob", "password": "qwe123"}).status_code == 401
             )
+        # The records go before the command returns; the running server removes the files.
+        deleted = imagegate("user", "delete", "carol", "--data-dir", data)
+        assert deleted.returncode == 0, deleted.stderr
+        assert deleted.stdout.startswith("deleted carol and 1 image; the image files are removed")
+        assert imagegate("user", "list", "--data-dir", data).stdout == ""
+        deadline = time.monotonic() + 60
+        while list((tmp_path / "data" / "images").iterdir()):
+            assert time.monotonic() < deadline, "the server did not remove the files"
+            time.sleep(0.05)
     finally:
         server.stop()
-
-    deleted = imagegate("user", "delete", "carol", "--data-dir", data)
-    assert deleted.returncode == 0, deleted.stderr
-    assert deleted.stdout == "deleted carol and 1 image\n"
-    assert list((tmp_path / "data" / "images").iterdir()) == []
-    assert imagegate("user", "list", "--data-dir", data).stdout == ""
 
 
 def test_tls_serves_https_with_a_generated_certificate(tmp_path: Path) -> None:

@@ -64,6 +64,7 @@ def test_openapi_prints_every_route(tmp_path: Path) -> None:
         ("/v1/register", "post"),
         ("/v1/user", "post"),
         ("/v1/user", "get"),
+        ("/v1/user", "delete"),
         ("/v1/token", "post"),
         ("/v1/token/validation", "get"),
         ("/v1/upload", "post"),

@@ -129,3 +129,27 @@ def stack() -> Iterator[Stack]:
     yield s
     if not was_up:
         subprocess.run([*STACK, "down"], capture_output=True, timeout=600)
+
+
+@dataclass
+class KafkaAccess:
+    """The stack's Kafka cluster as its users see it (deploy/local/kafka.py)."""
+
+    module: ModuleType  # deploy/local/kafka.py: NODES, TOPICS, USERS, ACLS …
+    cluster: Any  # its Cluster: client_config(user), admin(), serving(node)
+
+    @property
+    def bootstrap(self) -> str:
+        bootstrap: str = self.module.BOOTSTRAP
+        return bootstrap
+
+    def config(self, user: str, **extra: Any) -> dict[str, Any]:
+        """confluent-kafka settings for one of the stack's users (admin, relay, worker, reader)."""
+        config: dict[str, Any] = self.cluster.client_config(user, **extra)
+        return config
+
+
+@pytest.fixture(scope="session")
+def kafka(stack: Stack) -> KafkaAccess:
+    module = stack_module()
+    return KafkaAccess(module.kafka, module.CLUSTER)

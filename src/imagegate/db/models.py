@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, MetaData, String
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    FetchedValue,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from imagegate.db.types import UTCDateTime
@@ -82,3 +93,84 @@ class LoginDevice(Base):
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created: Mapped[float] = mapped_column(Float)
     expires: Mapped[float] = mapped_column(Float)
+
+
+class OutboxEvent(Base):
+    """An event written in the same transaction as its change (the transactional outbox);
+    the inline dispatcher or the Kafka relay publishes it, then marks it."""
+
+    __tablename__ = "outbox_events"
+    __table_args__ = (Index("ix_outbox_events_published_seq", "published_at", "seq"),)
+
+    # Integer on SQLite (its rowid alias: the only autoincrement it has), BIGINT elsewhere.
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    id: Mapped[str] = mapped_column(String(36), unique=True)
+    type: Mapped[str] = mapped_column(String(64))
+    owner_id: Mapped[str] = mapped_column(String(36), index=True)
+    subject: Mapped[str] = mapped_column(String(200))
+    payload: Mapped[str] = mapped_column(Text)  # the CloudEvents JSON
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # PostgreSQL: the writing transaction's id (a server default), for the relay's commit-order
+    # fence; NULL on SQLite, where one writer at a time commits in seq order anyway.
+    txid: Mapped[int | None] = mapped_column(
+        BigInteger, nullable=True, server_default=FetchedValue()
+    )
+
+
+class PurgeObject(Base):
+    """A deleted account's stored object, waiting for the purge handler to remove it."""
+
+    __tablename__ = "purge_objects"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    public: Mapped[bool] = mapped_column(Boolean)
+    owner_id: Mapped[str] = mapped_column(String(36), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Webhook(Base):
+    """A user's webhook: where their events are POSTed, which ones, and the signing secret."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    # A JSON list of event types; NULL: every type, including types added later.
+    events: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The whsec_ secret as given to the user: signing needs the key itself (an HMAC key cannot
+    # be kept as a hash). Never returned after creation, never logged.
+    secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class WebhookDelivery(Base):
+    """One event to send to one webhook, and how its attempts went (the delivery queue)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        # One delivery per event and webhook: dispatching an event twice adds nothing.
+        Index("uq_webhook_deliveries_webhook_event", "webhook_id", "event_id", unique=True),
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_listing", "webhook_id", "created_at", "id"),
+        Index("ix_webhook_deliveries_finished", "status", "updated_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event_id: Mapped[str] = mapped_column(String(36))
+    event_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[str] = mapped_column(Text)  # the CloudEvents JSON, sent as the body
+    status: Mapped[str] = mapped_column(String(16))  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # When a pending delivery is due; while an attempt is in flight, the end of its lease.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    first_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

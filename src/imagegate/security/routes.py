@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -12,6 +13,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegate.db import queries
+from imagegate.db.models import User
 from imagegate.deps import (
     BEARER_REQUIRED,
     RuntimeDep,
@@ -28,8 +30,9 @@ from imagegate.errors import (
     error_responses,
 )
 from imagegate.jsonbody import parse_json
+from imagegate.runtime import Runtime
 from imagegate.security import devices, throttle
-from imagegate.security.accounts import create_account
+from imagegate.security.accounts import create_account, delete_account
 from imagegate.security.passwords import LOGIN_RE, MAX_PASSWORD_LENGTH, is_valid_unicode
 from imagegate.security.tokens import Identity
 from imagegate.settings import Settings
@@ -94,6 +97,7 @@ async def register(body: Credentials, runtime: RuntimeDep, session: SessionDep) 
         body.login,
         body.password,
         min_length=runtime.settings.password_min_length,
+        source=runtime.settings.event_source,
     )
     return UserOut(id=user.id, login=user.login, created_at=user.created_at)
 
@@ -158,31 +162,28 @@ async def _record_success(
     return token
 
 
-@router.post(
-    "/v1/token",
-    summary="Log in",
-    description="The bare JWT as text/plain; JSON when the client accepts application/json. "
-    "Sets an HttpOnly device cookie: attempts on the same login that present it are throttled "
-    "on their own, so other people's failures cannot lock this client out.",
-    responses={
-        200: {
-            "content": {
-                "text/plain": {"schema": {"type": "string"}},
-                "application/json": {"schema": TokenOut.model_json_schema()},
-            }
-        },
-        **error_responses(400, 401, 413, 429, 503),
-    },
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": Credentials.model_json_schema()}},
-        }
-    },
-)
-async def login(request: Request, runtime: RuntimeDep, session: SessionDep) -> Response:
-    raw_login, password = await _read_credentials(request)
-    login = raw_login.strip().lower()
+@dataclass(frozen=True)
+class _Checked:
+    """A password that proved right, with what the login's bookkeeping needs."""
+
+    identity: Identity
+    stored_hash: str
+    device: str | None
+    memory: throttle.MemoryThrottle
+    attempt: throttle.Attempt
+
+
+async def _check_password(
+    request: Request,
+    runtime: Runtime,
+    session: AsyncSession,
+    login: str,
+    password: str,
+    wrong: str,
+) -> _Checked:
+    """The one password check (login, and confirming an account's deletion): throttled per
+    login and per address before the password is checked; a wrong password stays counted and
+    answers 401 ``wrong``; 429 while throttled."""
     s = runtime.settings
     policy = throttle.ThrottlePolicy(
         s.login_max_failures,
@@ -220,10 +221,43 @@ async def login(request: Request, runtime: RuntimeDep, session: SessionDep) -> R
         ) from None
     # Unknown logins pay for a dummy hash: same status, body and time as a wrong password.
     verified = await runtime.passwords.verify(stored_hash, password)
-    if identity is None or not verified:
+    if identity is None or stored_hash is None or not verified:
         await throttle.failed(session, memory, attempt, policy)
         runtime.metrics.logins.labels("failed").inc()
-        raise AppError("invalid login or password", status=401)
+        raise AppError(wrong, status=401)
+    return _Checked(identity, stored_hash, device, memory, attempt)
+
+
+@router.post(
+    "/v1/token",
+    summary="Log in",
+    description="The bare JWT as text/plain; JSON when the client accepts application/json. "
+    "Sets an HttpOnly device cookie: attempts on the same login that present it are throttled "
+    "on their own, so other people's failures cannot lock this client out.",
+    responses={
+        200: {
+            "content": {
+                "text/plain": {"schema": {"type": "string"}},
+                "application/json": {"schema": TokenOut.model_json_schema()},
+            }
+        },
+        **error_responses(400, 401, 413, 429, 503),
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": Credentials.model_json_schema()}},
+        }
+    },
+)
+async def login(request: Request, runtime: RuntimeDep, session: SessionDep) -> Response:
+    raw_login, password = await _read_credentials(request)
+    s = runtime.settings
+    checked = await _check_password(
+        request, runtime, session, raw_login.strip().lower(), password, "invalid login or password"
+    )
+    identity, stored_hash, device = checked.identity, checked.stored_hash, checked.device
+    memory, attempt = checked.memory, checked.attempt
     runtime.metrics.logins.labels("ok").inc()
     new_hash = None
     if stored_hash and runtime.passwords.needs_rehash(stored_hash):
@@ -267,7 +301,7 @@ async def me(request: Request) -> Response:
     identity = await authenticate(request, account_check=False)
     runtime = runtime_of(request)
     # The account query is the existence check: a deleted account's token gets a 401 here too.
-    account = await queries.account(runtime.reads, identity.user_id)
+    account = await runtime.directory.account(identity.user_id)
     if account is None:
         raise Unauthorized("account no longer exists")
     info = UserInfo(
@@ -299,3 +333,58 @@ async def validate(request: Request) -> JSONResponse:
 @router.get("/.well-known/jwks.json", summary="Public keys that verify tokens")
 async def jwks(runtime: RuntimeDep) -> JSONResponse:
     return JSONResponse(runtime.verifier.jwks(), headers={"Cache-Control": "public, max-age=300"})
+
+
+class PasswordConfirmation(BaseModel):
+    password: Annotated[StrictStr, Field(min_length=1, max_length=MAX_PASSWORD_LENGTH)]
+
+
+async def _read_password(request: Request) -> str:
+    """The ``password`` of a JSON body: 400 for a body that is not JSON, 401 when absent."""
+    raw = await request.body()
+    body: Any = parse_json(raw) if raw.strip() else {}
+    if not isinstance(body, dict):
+        raise BadRequest('expected a JSON body {"password": "..."}')
+    password = body.get("password")
+    if not isinstance(password, str) or not password:
+        raise AppError("password required to delete the account", status=401)
+    if len(password) > MAX_PASSWORD_LENGTH:  # no account can have it: not a guess
+        raise BadRequest(f"password must be at most {MAX_PASSWORD_LENGTH} characters")
+    if not is_valid_unicode(password):
+        raise BadRequest("password must be valid Unicode text (no lone surrogates)")
+    return password
+
+
+@router.delete(
+    "/v1/user",
+    status_code=204,
+    summary="Delete the caller's account and all its images",
+    description="Needs the account's password in the body, checked and throttled as a login "
+    "is (a wrong one counts as a failed login). Answers 204 once the account and its image "
+    "records are gone; the image bytes are removed in the background within seconds, and "
+    "the account's tokens stop working at once.",
+    responses={204: {"description": "Deleted"}, **error_responses(400, 401, 413, 429, 503)},
+    openapi_extra={
+        **BEARER_REQUIRED,
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": PasswordConfirmation.model_json_schema()}},
+        },
+    },
+)
+async def delete_me(request: Request, runtime: RuntimeDep, session: SessionDep) -> Response:
+    identity = await authenticate(request, account_check=True)
+    password = await _read_password(request)
+    checked = await _check_password(
+        request, runtime, session, identity.login, password, "wrong password"
+    )
+    user = await session.get(User, identity.user_id)
+    if user is None or checked.identity.user_id != identity.user_id:
+        raise Unauthorized("account no longer exists")
+    # The right password clears the login's failures, in the deletion's transaction.
+    await throttle.succeeded(session, checked.memory, checked.attempt)
+    try:
+        await delete_account(session, user, source=runtime.settings.event_source)
+    except LookupError:  # deleted by a concurrent request
+        raise Unauthorized("account no longer exists") from None
+    return Response(status_code=204)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -25,6 +25,10 @@ class Storage(Protocol):
 
     async def delete(self, name: str, *, public: bool) -> None:
         """Remove ``name``; removing a missing object is not an error."""
+
+    async def delete_many(self, objects: Sequence[tuple[str, bool]]) -> None:
+        """Remove every ``(name, public)`` of ``objects`` (missing ones are not an error);
+        raises OSError if any could not be removed — the others may be gone already."""
 
     async def health(self) -> None:
         """Raise if the backend cannot be written and read right now."""

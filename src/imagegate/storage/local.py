@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import anyio.to_thread
@@ -45,6 +45,20 @@ class LocalStorage:
 
     async def delete(self, name: str, *, public: bool) -> None:
         await anyio.to_thread.run_sync(self._delete, name)
+
+    def _delete_many(self, names: list[str]) -> None:
+        failed: OSError | None = None
+        for name in names:
+            try:
+                (self.root / name).unlink(missing_ok=True)
+            except OSError as exc:  # try the others, then report the first failure
+                failed = failed or exc
+        _fsync_dir(self.root)  # one directory sync for the whole batch
+        if failed is not None:
+            raise failed
+
+    async def delete_many(self, objects: Sequence[tuple[str, bool]]) -> None:
+        await anyio.to_thread.run_sync(self._delete_many, [name for name, _ in objects])
 
     def _health(self) -> None:
         probe = self.root / f".health-{os.getpid()}"

@@ -8,7 +8,7 @@ in a worker thread; timeouts are short so that a storage outage becomes a quick 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -27,6 +27,7 @@ PUBLIC_PREFIX, PRIVATE_PREFIX = "public/", "private/"
 PUBLIC_CACHE_CONTROL = "public, max-age=31536000, immutable"
 SIGNED_URL_SECONDS = 60
 CHUNK = 256 * 1024
+DELETE_OBJECTS_MAX = 1000  # keys per DeleteObjects request (the S3 API's limit)
 
 
 class StorageUnavailable(OSError):
@@ -105,6 +106,24 @@ class S3Storage:
 
     async def delete(self, name: str, *, public: bool) -> None:
         await self._call(self.client.delete_object, Bucket=self.bucket, Key=key_of(name, public))
+
+    async def delete_many(self, objects: Sequence[tuple[str, bool]]) -> None:
+        keys = [key_of(name, public) for name, public in objects]
+        for start in range(0, len(keys), DELETE_OBJECTS_MAX):
+            chunk = keys[start : start + DELETE_OBJECTS_MAX]
+            # Quiet: only failures are listed; a missing key counts as deleted.
+            response = await self._call(
+                self.client.delete_objects,
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": key} for key in chunk], "Quiet": True},
+            )
+            errors = response.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise StorageUnavailable(
+                    f"{len(errors)} of {len(chunk)} objects not deleted, e.g. "
+                    f"{first.get('Key')}: {first.get('Code')} {first.get('Message')}"
+                )
 
     async def health(self) -> None:
         await self._call(self.client.head_bucket, Bucket=self.bucket)

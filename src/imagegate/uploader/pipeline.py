@@ -21,6 +21,8 @@ from imagegate.db import queries
 from imagegate.db.models import Image
 from imagegate.db.types import utcnow
 from imagegate.errors import ClientClosed, InsufficientStorage, Unauthorized, Unavailable
+from imagegate.events.envelope import EventType
+from imagegate.events.outbox import emit
 from imagegate.runtime import Runtime
 from imagegate.security.tokens import Identity
 from imagegate.uploader.body import declared_length, is_disk_full, receive_body
@@ -171,12 +173,21 @@ async def _put(runtime: Runtime, image: Image, path: Path) -> None:
 
 
 async def _record(runtime: Runtime, image: Image) -> None:
-    """Commit the record. Shielded: a commit cancelled midway could land after we removed
-    the bytes (a record without bytes); the client leaving this late changes nothing."""
+    """Commit the record with its ``image.stored`` event. Shielded: a commit cancelled midway
+    could land after we removed the bytes (a record without bytes); the client leaving this
+    late changes nothing."""
     try:
         with anyio.CancelScope(shield=True):
             async with runtime.sessions() as session:
                 await queries.add_image(session, image)
+                emit(
+                    session,
+                    EventType.IMAGE_STORED,
+                    owner_id=image.owner_id,
+                    subject=f"images/{image.name}",
+                    data=stored_event_data(image),
+                    source=runtime.settings.event_source,
+                )
                 await session.commit()
     except sa_exc.IntegrityError as exc:
         raise Unauthorized("account no longer exists") from exc
@@ -185,6 +196,29 @@ async def _record(runtime: Runtime, image: Image) -> None:
             log.warning("upload refused: the database's disk is full (%s)", exc.orig)
             raise InsufficientStorage() from exc
         raise
+
+
+def image_url(image: Image) -> str:
+    """Public images are anyone's at /images/; private ones only their owner's."""
+    return ("/images/" if image.public else "/v1/user/") + image.name
+
+
+def stored_event_data(image: Image) -> dict[str, object]:
+    """``image.stored``'s data: the record as its owner sees it (docs/events/)."""
+    return {
+        "name": image.name,
+        "owner": image.owner_id,
+        "content_type": image.content_type,
+        "bytes": image.bytes,
+        "uploaded_bytes": image.uploaded_bytes,
+        "width": image.width,
+        "height": image.height,
+        "frames": image.frames,
+        "sha256": image.sha256,
+        "visibility": image.visibility,
+        "created_at": image.created_at.isoformat(),
+        "url": image_url(image),
+    }
 
 
 def _database_full(exc: sa_exc.DBAPIError) -> bool:

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field
 from imagegate.db import queries
 from imagegate.deps import CurrentIdentity, RuntimeDep, SessionDep
 from imagegate.errors import AppError, NotFound, Unprocessable, error_responses
+from imagegate.events.envelope import EventType
+from imagegate.events.outbox import emit
 from imagegate.serving import image_response
 from imagegate.uploader.formats import ALLOWED, is_image_name
 from imagegate.uploader.pipeline import ingest, remove_quietly
@@ -137,6 +139,19 @@ async def delete_image(
     image = await queries.delete_image(session, filename, identity.user_id)
     if image is None:
         raise NotFound("no such image")
+    emit(
+        session,
+        EventType.IMAGE_DELETED,
+        owner_id=image.owner_id,
+        subject=f"images/{image.name}",
+        data={
+            "name": image.name,
+            "owner": image.owner_id,
+            "visibility": image.visibility,
+            "bytes": image.bytes,
+        },
+        source=runtime.settings.event_source,
+    )
     await session.commit()
     await remove_quietly(runtime, image)
     return Response(status_code=204)

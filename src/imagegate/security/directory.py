@@ -1,0 +1,254 @@
+"""Where a replica looks up accounts on the hot path: does a token's account still exist, and
+what ``GET /v1/user`` shows.
+
+- :class:`DatabaseDirectory`: one primary-key read per call (embedded mode, where SQLite point
+  reads on the loop thread are already cheap; or ``IMAGEGATE_ACCOUNT_FEED=false``).
+- :class:`FeedDirectory` (``events=kafka`` on PostgreSQL): existence from the in-memory account
+  feed (events/feed.py) while it is fresh, the database otherwise; ``GET /v1/user`` from
+  coalesced database reads (:class:`AccountBatcher`), because the usage it shows must include
+  the caller's own upload of a millisecond ago, which no feed can promise without making the
+  request wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import UTC
+from typing import Any, Protocol
+
+from sqlalchemy import String, bindparam, select
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+)
+from sqlalchemy.sql.expression import any_
+
+from imagegate.db import queries
+from imagegate.db.models import User
+from imagegate.db.queries import Account
+from imagegate.db.reads import Reader
+from imagegate.events.feed import AccountFeed, Loader
+from imagegate.metrics import Metrics
+from imagegate.settings import Role, Settings
+
+log = logging.getLogger("imagegate")
+
+
+class Directory(Protocol):
+    async def exists(self, user_id: str) -> bool:
+        """Whether the account still exists (a deleted account's tokens stop here)."""
+        ...
+
+    async def account(self, user_id: str) -> Account | None:
+        """The account with its usage, exact as of the call (None: it does not exist)."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class DatabaseDirectory:
+    """Today's reads: one primary-key query per call."""
+
+    def __init__(self, reads: Reader) -> None:
+        self.reads = reads
+
+    async def exists(self, user_id: str) -> bool:
+        return await queries.user_exists(self.reads, user_id)
+
+    async def account(self, user_id: str) -> Account | None:
+        return await queries.account(self.reads, user_id)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+
+_ACCOUNT_COLUMNS = select(User.id, User.login, User.created_at, User.image_count, User.image_bytes)
+# PostgreSQL: one statement whatever the batch's size (asyncpg prepares it once); elsewhere an
+# IN list (SQLite, in tests).
+_ACCOUNTS_ANY = _ACCOUNT_COLUMNS.where(User.id == any_(bindparam("ids", type_=ARRAY(String))))
+_PG_ACCOUNTS_BY_ID = (
+    "SELECT id, login, created_at, image_count, image_bytes FROM users WHERE id = ANY($1::text[])"
+)
+_ACCOUNTS_IN = _ACCOUNT_COLUMNS.where(User.id.in_(bindparam("ids", expanding=True)))
+
+
+class AccountBatcher:
+    """Coalesced account reads: the calls that arrive while a query is running
+    share the next one, ``WHERE id = ANY(...)``.
+
+    Each answer comes from a query that started after its call did, so it includes every
+    commit made before the call (read-your-writes, e.g. usage right after an upload). An idle
+    replica pays one query per call as before; a busy one, one per batch.
+    """
+
+    MAX_BATCH = 512
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._pg = engine.dialect.name == "postgresql"
+        self._statement = _ACCOUNTS_ANY if self._pg else _ACCOUNTS_IN
+        self._conn: AsyncConnection | None = None
+        self._raw: Any = None  # the asyncpg connection under _conn
+        self._waiting: dict[str, list[asyncio.Future[Account | None]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.queries = 0  # for tests and measurements
+
+    async def get(self, user_id: str) -> Account | None:
+        future: asyncio.Future[Account | None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(user_id, []).append(future)
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            await asyncio.sleep(0)  # let the calls of this loop turn join the first query
+            while self._waiting:
+                batch: dict[str, list[asyncio.Future[Account | None]]] = {}
+                for user_id in list(self._waiting)[: self.MAX_BATCH]:
+                    batch[user_id] = self._waiting.pop(user_id)
+                try:
+                    found = await self._read(list(batch))
+                except Exception as exc:  # each caller gets the database's error
+                    for futures in batch.values():
+                        for future in futures:
+                            if not future.done():
+                                future.set_exception(exc)
+                    continue
+                for user_id, futures in batch.items():
+                    account = found.get(user_id)
+                    for future in futures:
+                        if not future.done():  # a caller that left is cancelled
+                            future.set_result(account)
+        finally:
+            self._task = None
+
+    async def _read(self, ids: list[str]) -> dict[str, Account]:
+        self.queries += 1
+        if self._pg:
+            return await self._read_pg(ids)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(self._statement, {"ids": ids})).all()
+        return {row[0]: Account(row[0], row[1], row[2], int(row[3]), int(row[4])) for row in rows}
+
+    async def _read_pg(self, ids: list[str]) -> dict[str, Account]:
+        """On a connection of its own, straight through asyncpg: a pooled checkout pings the
+        server first (pool_pre_ping), which cost more than the query."""
+        try:
+            if self._conn is None:
+                conn = await self.engine.connect()
+                try:
+                    raw = (await conn.get_raw_connection()).driver_connection
+                except BaseException:
+                    await conn.close()
+                    raise
+                self._conn, self._raw = conn, raw
+            rows = await self._raw.fetch(_PG_ACCOUNTS_BY_ID, ids)
+        except sa_exc.DBAPIError:
+            await self._discard()
+            raise
+        except Exception as exc:  # asyncpg's own errors, or the connection lost
+            await self._discard()
+            # As the engine would raise it: the app answers 503 for a database away.
+            raise sa_exc.OperationalError(_PG_ACCOUNTS_BY_ID, None, exc) from exc
+        return {
+            row[0]: Account(row[0], row[1], row[2].astimezone(UTC), int(row[3]), int(row[4]))
+            for row in rows
+        }
+
+    async def _discard(self) -> None:
+        conn, self._conn, self._raw = self._conn, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def close(self) -> None:
+        await self._discard()
+
+
+class FeedDirectory:
+    """Existence from the account feed while it is fresh; the database otherwise."""
+
+    def __init__(
+        self,
+        feed: AccountFeed,
+        batcher: AccountBatcher,
+        max_lag_seconds: float,
+    ) -> None:
+        self.feed = feed
+        self.state = feed.state
+        self.batcher = batcher
+        self.max_lag = max_lag_seconds
+        self._lag_fallbacks = feed.fallbacks.labels("lag")
+        self._unknown_fallbacks = feed.fallbacks.labels("unknown")
+
+    def fresh(self) -> bool:
+        """Is every account change committed more than ``max_lag`` seconds ago in memory?"""
+        return time.time() - self.state.watermark <= self.max_lag
+
+    async def exists(self, user_id: str) -> bool:
+        if self.fresh():
+            known = self.state.known(user_id)
+            if known is not None:
+                return known
+            self._unknown_fallbacks.inc()  # created after the feed's last event
+        else:
+            self._lag_fallbacks.inc()
+        return await self.batcher.get(user_id) is not None
+
+    async def account(self, user_id: str) -> Account | None:
+        # A deletion seen by the feed is final; everything else needs the database's usage.
+        if user_id in self.state.deleted and self.fresh():
+            return None
+        return await self.batcher.get(user_id)
+
+    async def start(self) -> None:
+        await self.feed.start()
+
+    async def stop(self) -> None:
+        await self.feed.stop()
+        await self.batcher.close()
+
+
+def _loader(sessions: async_sessionmaker[AsyncSession]) -> Loader:
+    async def load() -> set[str]:
+        async with sessions() as session:
+            return set((await session.scalars(select(User.id))).all())
+
+    return load
+
+
+def build_directory(
+    settings: Settings,
+    roles: tuple[Role, ...],
+    reads: Reader,
+    engine: AsyncEngine,
+    sessions: async_sessionmaker[AsyncSession],
+    metrics: Metrics,
+) -> Directory:
+    """The feed where it can run (``events=kafka`` with the account feed on, PostgreSQL, a
+    security or uploader role); the database everywhere else."""
+    serves_api = "security" in roles or "uploader" in roles
+    if (
+        settings.events != "kafka"
+        or not settings.account_feed
+        or not serves_api
+        or engine.dialect.name != "postgresql"
+    ):
+        return DatabaseDirectory(reads)
+    feed = AccountFeed(settings, _loader(sessions), metrics.registry)
+    return FeedDirectory(feed, AccountBatcher(engine), settings.account_feed_max_lag_seconds)
