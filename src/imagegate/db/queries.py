@@ -92,8 +92,9 @@ async def image_for_viewer(reader: Reader, name: str, owner_id: str | None) -> S
     return image if image.owner_id == owner_id else None
 
 
-def encode_cursor(image: Image) -> str:
-    raw = json.dumps([image.created_at.isoformat(), image.name]).encode()
+def encode_cursor(created_at: datetime, key: str) -> str:
+    """A keyset cursor on (created_at, key) for a newest-first listing (images, deliveries)."""
+    raw = json.dumps([created_at.isoformat(), key]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -135,7 +136,8 @@ async def images_page(
             query.order_by(Image.created_at.desc(), Image.name.desc()).limit(limit + 1)
         )
     )
-    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    last = rows[limit - 1] if len(rows) > limit else None
+    next_cursor = encode_cursor(last.created_at, last.name) if last else None
     return rows[:limit], next_cursor
 
 

@@ -6,7 +6,6 @@ which must be short and visible to other processes at once).
 
 from __future__ import annotations
 
-import base64
 import json
 import uuid
 from collections.abc import Mapping, Sequence
@@ -17,6 +16,7 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from imagegate.db import queries
 from imagegate.db.models import User, Webhook, WebhookDelivery
 
 PENDING = "pending"
@@ -305,11 +305,6 @@ async def prune_finished(session: AsyncSession, *, before: datetime) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def encode_cursor(delivery: WebhookDelivery) -> str:
-    raw = json.dumps([delivery.created_at.isoformat(), delivery.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
 async def deliveries_page(
     session: AsyncSession, webhook_id: str, limit: int, after: tuple[datetime, str] | None
 ) -> tuple[list[WebhookDelivery], str | None]:
@@ -325,5 +320,6 @@ async def deliveries_page(
         )
     query = query.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
     rows = list(await session.scalars(query.limit(limit + 1)))
-    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    last = rows[limit - 1] if len(rows) > limit else None
+    next_cursor = queries.encode_cursor(last.created_at, last.id) if last else None
     return rows[:limit], next_cursor
