@@ -53,6 +53,8 @@ def test_heartbeat_headers_round_trip_and_events_are_not_heartbeats() -> None:
     assert heartbeat_time([(HEARTBEAT_HEADER, b"soon")]) == -math.inf
     assert heartbeat_time([(HEARTBEAT_HEADER, b"nan")]) == -math.inf
     assert heartbeat_time([(HEARTBEAT_HEADER, None)]) == -math.inf
+    assert heartbeat_time({HEARTBEAT_HEADER: b"12.5"}) == 12.5  # headers as a dict
+    assert heartbeat_time({"content-type": b"x"}) is None
 
 
 def test_watermark_is_the_minimum_over_every_partition() -> None:

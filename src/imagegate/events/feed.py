@@ -4,19 +4,20 @@ account costs no database read.
 
 How a replica knows its memory is complete (the watermark):
 
-- The relay, after each batch that left no committed event unpublished, sends a *heartbeat* to
-  every partition of ``<prefix>.accounts``: a message with the Kafka header
-  ``imagegate-heartbeat`` whose value is the batch's database snapshot time ``s`` (Unix
-  seconds, ASCII decimal) and an empty value. Every event committed before ``s`` was acknowledged
-  by the cluster before the heartbeat was produced, so it sits before the heartbeat in its
-  partition. Consumers of the topic that are not this feed skip messages with that header.
+- The relay, after its batches, sends a *heartbeat* to every partition of
+  ``<prefix>.accounts`` (at most every ``account_feed_heartbeat_seconds``): a message with the
+  Kafka header ``imagegate-heartbeat`` whose value is a time ``s`` (Unix seconds, ASCII decimal)
+  and an empty value, sent once every event committed before ``s`` has been acknowledged by the
+  cluster, so such events sit before the heartbeat in their partitions (how ``s`` is found:
+  events/heartbeat.py). Consumers of the topic other than this feed skip messages with that
+  header.
 - A replica's watermark ``W`` is the minimum over the partitions of the last heartbeat time it
   consumed: every account change committed before ``W`` is in its memory. While
   ``now - W <= account_feed_max_lag_seconds`` the memory answers; otherwise (relay or cluster
   down, the replica behind) the database does, counted in
   ``imagegate_account_feed_fallbacks_total``. So an account deleted at time ``c`` is refused on
-  every replica from ``c + max_lag`` on at the latest (with clocks in sync), usually within a
-  heartbeat period plus a few milliseconds.
+  every replica from ``c + max_lag`` on at the latest (with clocks in sync); in practice as soon
+  as its event arrives (the relay's poll interval plus a few milliseconds).
 
 Start (and after anything that may have lost events, such as an offset out of range): note the
 end offset of every partition, load every account from the database, then consume from the
@@ -38,7 +39,7 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -60,9 +61,13 @@ RETRY_SECONDS = 1.0
 PRUNE_EVERY_SECONDS = 60.0
 
 
-def heartbeat_time(headers: Iterable[tuple[str, bytes | str | None]] | None) -> float | None:
-    """The snapshot time a heartbeat carries, or None when the message is not a heartbeat."""
-    for name, value in headers or ():
+Headers = Iterable[tuple[str, bytes | str | None]] | Mapping[str, bytes | str | None] | None
+
+
+def heartbeat_time(headers: Headers) -> float | None:
+    """The time a heartbeat carries, or None when the message is not a heartbeat."""
+    pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
+    for name, value in pairs:
         if name == HEARTBEAT_HEADER:
             raw = value.decode() if isinstance(value, bytes) else (value or "")
             try:
@@ -73,7 +78,7 @@ def heartbeat_time(headers: Iterable[tuple[str, bytes | str | None]] | None) -> 
     return None
 
 
-def is_heartbeat(headers: Iterable[tuple[str, bytes | str | None]] | None) -> bool:
+def is_heartbeat(headers: Headers) -> bool:
     """True for a relay heartbeat (not an event: skip it)."""
     return heartbeat_time(headers) is not None
 

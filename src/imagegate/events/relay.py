@@ -14,6 +14,11 @@ successes, the rows are marked published in one UPDATE. Any failed delivery: not
 and the batch is produced again after a pause; consumers' handlers are idempotent, so the
 duplicates that can cause are harmless. Published rows are pruned after
 ``outbox_retention_seconds``.
+
+After each batch (and each look that found nothing), the relay also sends a heartbeat, at most
+every ``account_feed_heartbeat_seconds``, to every partition of ``<prefix>.accounts``: the time
+before which every committed event is in Kafka, which tells the replicas' account feeds how
+complete their memory is (events/heartbeat.py, events/feed.py).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from sqlalchemy.engine import make_url
 
 from imagegate.db.engine import is_sqlite
 from imagegate.events.envelope import topic_of
+from imagegate.events.heartbeat import Heartbeats, batch_head, with_head
 from imagegate.events.kafka import BrokerProbe, producer_config
 from imagegate.metrics import Metrics
 from imagegate.settings import Settings
@@ -69,6 +75,8 @@ WHERE published_at IS NULL
 ORDER BY published_at, seq
 LIMIT %s
 """
+# The same, with what the heartbeats need (events/heartbeat.py).
+SELECT_BATCH_WITH_HEAD = with_head(SELECT_BATCH)
 MARK = "UPDATE outbox_events SET published_at = now() WHERE seq = ANY(%s::bigint[])"
 PRUNE = """
 DELETE FROM outbox_events WHERE seq IN (
@@ -128,6 +136,7 @@ class Relay:
         self._halt = threading.Event()  # the same, for the delivery wait in a thread
         self._unroutable: set[int] = set()
         self.active = False
+        self._heartbeats = Heartbeats(settings)  # for the replicas' account feed
 
     async def start(self) -> None:
         """Start the relay loop in the background (refuses SQLite)."""
@@ -238,9 +247,11 @@ class Relay:
         """Publish one batch: the number of rows taken, or None when a delivery failed (or
         the relay is stopping) and nothing was marked."""
         started = time.perf_counter()
-        cur = await conn.execute(SELECT_BATCH, (self.settings.outbox_batch_size,))
-        rows = await cur.fetchall()
+        size = self.settings.outbox_batch_size
+        cur = await conn.execute(SELECT_BATCH_WITH_HEAD, (size + 1, size))
+        snapshot_at, unpublished, rows = batch_head(await cur.fetchall())
         if not rows:
+            await self._heartbeats.after_batch(self._producer, snapshot_at, unpublished, ())
             return 0
         self.metrics.relay_in_flight.set(len(rows))
         try:
@@ -262,6 +273,9 @@ class Relay:
         for topic, count in deliveries.by_topic.items():
             self.metrics.events_published.labels(topic).inc(count)
         self.metrics.relay_batch_seconds.observe(time.perf_counter() - started)
+        await self._heartbeats.after_batch(
+            self._producer, snapshot_at, unpublished, [row["seq"] for row in rows]
+        )
         return len(rows)
 
     def _produce(self, rows: Sequence[DictRow]) -> _Deliveries | None:

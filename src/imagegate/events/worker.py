@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from imagegate.events.envelope import Event
+from imagegate.events.feed import is_heartbeat
 from imagegate.events.handlers import HandlerContext, Handlers, dispatch
 from imagegate.events.kafka import BrokerProbe, consumer_config, topics
 
@@ -147,6 +148,8 @@ class KafkaWorker:
 
     async def _handle(self, msg: Message) -> None:
         """Dispatch one message until its handlers succeed (or skip it if it is no event)."""
+        if is_heartbeat(msg.headers()):  # the relay's, for the replicas' feed: not an event
+            return
         try:
             event = Event.from_json(msg.value() or b"")
         except ValueError as exc:

@@ -19,16 +19,14 @@ import time
 from datetime import UTC
 from typing import Any, Protocol
 
-from sqlalchemy import String, bindparam, select
+from sqlalchemy import bindparam, select
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
 )
-from sqlalchemy.sql.expression import any_
 
 from imagegate.db import queries
 from imagegate.db.models import User
@@ -74,19 +72,19 @@ class DatabaseDirectory:
         pass
 
 
-_ACCOUNT_COLUMNS = select(User.id, User.login, User.created_at, User.image_count, User.image_bytes)
-# PostgreSQL: one statement whatever the batch's size (asyncpg prepares it once); elsewhere an
-# IN list (SQLite, in tests).
-_ACCOUNTS_ANY = _ACCOUNT_COLUMNS.where(User.id == any_(bindparam("ids", type_=ARRAY(String))))
+# PostgreSQL: one statement whatever the batch's size (asyncpg prepares it once), run on the
+# driver's connection; elsewhere (SQLite, in tests) an IN list through SQLAlchemy.
 _PG_ACCOUNTS_BY_ID = (
     "SELECT id, login, created_at, image_count, image_bytes FROM users WHERE id = ANY($1::text[])"
 )
-_ACCOUNTS_IN = _ACCOUNT_COLUMNS.where(User.id.in_(bindparam("ids", expanding=True)))
+_ACCOUNTS_IN = select(
+    User.id, User.login, User.created_at, User.image_count, User.image_bytes
+).where(User.id.in_(bindparam("ids", expanding=True)))
 
 
 class AccountBatcher:
-    """Coalesced account reads: the calls that arrive while a query is running
-    share the next one, ``WHERE id = ANY(...)``.
+    """Coalesced account reads: the calls that arrive while a query is running share the next
+    one, ``WHERE id = ANY(...)``.
 
     Each answer comes from a query that started after its call did, so it includes every
     commit made before the call (read-your-writes, e.g. usage right after an upload). An idle
@@ -98,7 +96,6 @@ class AccountBatcher:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._pg = engine.dialect.name == "postgresql"
-        self._statement = _ACCOUNTS_ANY if self._pg else _ACCOUNTS_IN
         self._conn: AsyncConnection | None = None
         self._raw: Any = None  # the asyncpg connection under _conn
         self._waiting: dict[str, list[asyncio.Future[Account | None]]] = {}
@@ -140,29 +137,35 @@ class AccountBatcher:
         if self._pg:
             return await self._read_pg(ids)
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(self._statement, {"ids": ids})).all()
+            rows = (await conn.execute(_ACCOUNTS_IN, {"ids": ids})).all()
         return {row[0]: Account(row[0], row[1], row[2], int(row[3]), int(row[4])) for row in rows}
 
     async def _read_pg(self, ids: list[str]) -> dict[str, Account]:
         """On a connection of its own, straight through asyncpg: a pooled checkout pings the
-        server first (pool_pre_ping), which cost more than the query."""
-        try:
-            if self._conn is None:
-                conn = await self.engine.connect()
-                try:
-                    raw = (await conn.get_raw_connection()).driver_connection
-                except BaseException:
-                    await conn.close()
+        server first (pool_pre_ping), which cost more than the query. A kept connection that
+        fails (e.g. the server restarted) is replaced and the read tried once more on a new
+        one, as the pool's ping would have done."""
+        for attempt in (1, 2):
+            fresh = self._conn is None
+            try:
+                if self._conn is None:
+                    conn = await self.engine.connect()
+                    try:
+                        raw = (await conn.get_raw_connection()).driver_connection
+                    except BaseException:
+                        await conn.close()
+                        raise
+                    self._conn, self._raw = conn, raw
+                rows = await self._raw.fetch(_PG_ACCOUNTS_BY_ID, ids)
+                break
+            except Exception as exc:  # asyncpg's own errors, or the connection lost
+                await self._discard()
+                if attempt == 1 and not fresh:
+                    continue
+                if isinstance(exc, sa_exc.DBAPIError):
                     raise
-                self._conn, self._raw = conn, raw
-            rows = await self._raw.fetch(_PG_ACCOUNTS_BY_ID, ids)
-        except sa_exc.DBAPIError:
-            await self._discard()
-            raise
-        except Exception as exc:  # asyncpg's own errors, or the connection lost
-            await self._discard()
-            # As the engine would raise it: the app answers 503 for a database away.
-            raise sa_exc.OperationalError(_PG_ACCOUNTS_BY_ID, None, exc) from exc
+                # As the engine would raise it: the app answers 503 for a database away.
+                raise sa_exc.OperationalError(_PG_ACCOUNTS_BY_ID, None, exc) from exc
         return {
             row[0]: Account(row[0], row[1], row[2].astimezone(UTC), int(row[3]), int(row[4]))
             for row in rows
