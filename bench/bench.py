@@ -803,6 +803,7 @@ def before_after(b: Bench, stack: object, security: str, auth: dict[str, str]) -
         "postgresql://", "postgresql+psycopg://"
     )
     env["IMAGEGATE_TOKEN_CACHE_SIZE"] = "0"  # noqa: S105 - a size, not a secret
+    env["IMAGEGATE_ACCOUNT_FEED"] = "false"  # a database read per check, as before
     env["IMAGEGATE_LOG_LEVEL"] = "warning"
     cmd = [
         PY,

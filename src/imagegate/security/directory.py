@@ -95,7 +95,8 @@ class AccountBatcher:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._pg = engine.dialect.name == "postgresql"
+        # asyncpg's own fetch for the hot path; any other driver goes through SQLAlchemy.
+        self._pg = engine.dialect.name == "postgresql" and engine.dialect.driver == "asyncpg"
         self._conn: AsyncConnection | None = None
         self._raw: Any = None  # the asyncpg connection under _conn
         self._waiting: dict[str, list[asyncio.Future[Account | None]]] = {}
