@@ -374,3 +374,34 @@ async def test_stopping_the_loop_hands_attempts_in_flight_back(
 
 async def _arrived(heads: list[bytes]) -> bool:
     return bool(heads)
+
+
+@on_fixture_loop
+async def test_held_deliveries_are_queued_claimed_and_returned_once(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    mine, other = await _webhook(sessions), await _webhook(sessions)
+    hold = deliveries.Hold("claim-1", T0 + LEASE, frozenset({mine.id}))
+
+    async def enqueue() -> list[deliveries.Claimed]:
+        async with sessions() as s:
+            held = await deliveries.enqueue(
+                s,
+                [mine, other],
+                event_id="event-1",
+                event_type="imagegate.image.stored",
+                payload="{}",
+                now=T0,
+                hold=hold,
+            )
+            await s.commit()
+            return held
+
+    held = await enqueue()
+    assert [(c.webhook_id, c.claim, c.url, c.secret) for c in held] == [
+        (mine.id, "claim-1", mine.url, mine.secret)
+    ]
+    # Only the other webhook's delivery is due for the loops; the held one is leased.
+    assert [c.webhook_id for c in await _claim(sessions, T0)] == [other.id]
+    assert await enqueue() == []  # dispatched again: nothing new to hand over
+    assert await _record(sessions, held[0], T0, delivered=True) == deliveries.DELIVERED

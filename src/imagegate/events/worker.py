@@ -2,7 +2,8 @@
 
 Offsets are committed only for messages whose handlers returned (``enable.auto.commit`` and
 the automatic offset store are off; the worker commits the next offset of each partition it
-has handled, after each fetched batch). A handler that raises is retried with backoff
+has handled, after each fetched batch; the batch's partitions are handled side by side, each
+in order). A handler that raises is retried with backoff
 (``RETRY_SECONDS``) in place, nothing past it committed, so the partition's later messages — the
 same user's later events — wait behind it. A message that is not an event at all (cannot be
 parsed) can never succeed: it is logged once, counted in ``imagegate_events_poison_total`` and
@@ -35,6 +36,7 @@ FETCH_MAX = 500
 RETRY_SECONDS = (0.5, 30.0)
 # What stop() keeps of the shutdown grace for committing and leaving the group.
 CLOSE_RESERVE_SECONDS = 3.0
+LOGGED = (1, 10, 100)  # which of a run of broker errors are logged
 T = TypeVar("T")
 
 
@@ -61,6 +63,7 @@ class KafkaWorker:
         self._lock = threading.Lock()  # _pending is touched by rebalance callbacks too
         # Partitions revoked during the current fetch: its messages from them are not handled.
         self._revoked: set[tuple[str, int]] = set()
+        self._broker_errors = 0  # in a row (the LOGGED ones are logged)
 
     async def start(self) -> None:
         """Join the group and consume in the background."""
@@ -115,7 +118,6 @@ class KafkaWorker:
         return [first, *consumer.consume(FETCH_MAX - 1, 0)]
 
     async def _run(self) -> None:
-        broker_errors = 0
         while not self._stopping.is_set():
             try:
                 messages: list[Message] = await self._call(self._fetch)
@@ -123,28 +125,37 @@ class KafkaWorker:
                 log.error("worker: consumer failed: %s", exc)
                 await self._sleep(RETRY_SECONDS[0])
                 continue
+            # Partitions are handled side by side, each in order: one user's events stay in
+            # order, and one slow handler (a large account's purge) holds only its partition
+            # back for this fetch, not the events of every other user.
+            by_partition: dict[tuple[str, int], list[Message]] = {}
             for msg in messages:
                 err = msg.error()
+                self._broker_errors = 0 if err is None else self._broker_errors + 1
                 if err is not None:
-                    broker_errors += 1
-                    if err.code() != KafkaError._PARTITION_EOF and broker_errors in (1, 10, 100):
+                    if err.code() != KafkaError._PARTITION_EOF and self._broker_errors in LOGGED:
                         log.warning("worker: %s", err.str())
                     continue
-                broker_errors = 0
                 key = (msg.topic() or "", msg.partition() or 0)
-                if key in self._revoked:
-                    # Revoked by a rebalance during this fetch (after the message came): its
-                    # new owner handles it from the last committed offset.
-                    continue
-                try:
-                    await self._handle(msg)
-                except _Stopping:
-                    break
-                with self._lock:
-                    self._pending[key] = (msg.offset() or 0) + 1
-                if self._stopping.is_set():
-                    break  # the message in hand is done; the rest is redelivered
+                by_partition.setdefault(key, []).append(msg)
+            await asyncio.gather(*(self._partition(k, m) for k, m in by_partition.items()))
             await self._commit()
+
+    async def _partition(self, key: tuple[str, int], messages: list[Message]) -> None:
+        """Handle one partition's fetched messages in order, marking each one done."""
+        for msg in messages:
+            if key in self._revoked:
+                # Revoked by a rebalance during this fetch (after the message came): its new
+                # owner handles it from the last committed offset.
+                return
+            try:
+                await self._handle(msg)
+            except _Stopping:
+                return
+            with self._lock:
+                self._pending[key] = (msg.offset() or 0) + 1
+            if self._stopping.is_set():
+                return  # the message in hand is done; the rest is redelivered
 
     async def _handle(self, msg: Message) -> None:
         """Dispatch one message until its handlers succeed (or skip it if it is no event)."""

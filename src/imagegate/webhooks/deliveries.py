@@ -11,8 +11,9 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol, cast
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import Table, and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,6 +29,7 @@ FAILED = "failed"
 # until the retry window (24 h by default) after the first attempt is over.
 RETRY_MULTIPLES: tuple[int, ...] = (1, 60, 360, 1440, 3600, 7200)
 PER_WEBHOOK = 4  # attempts in flight to one webhook per process
+_DELIVERIES = cast(Table, WebhookDelivery.__table__)
 
 
 def retry_delay(failures: int, base_seconds: float) -> float:
@@ -56,6 +58,19 @@ def next_attempt(
 # --- webhooks ---------------------------------------------------------------------------
 
 
+class Subscription(Protocol):
+    """What queueing a delivery needs of a webhook (a :class:`Webhook` or a row of its columns)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def secret(self) -> str: ...
+    @property
+    def events(self) -> str | None: ...
+
+
 def encode_events(events: Sequence[str] | None) -> str | None:
     return None if events is None else json.dumps(list(events))
 
@@ -67,7 +82,7 @@ def decode_events(raw: str | None) -> list[str] | None:
     return [str(v) for v in value] if isinstance(value, list) else None
 
 
-def subscribed(webhook: Webhook, event_type: str) -> bool:
+def subscribed(webhook: Subscription, event_type: str) -> bool:
     """Whether ``webhook`` wants events of ``event_type`` (no list: every type)."""
     events = decode_events(webhook.events)
     return events is None or event_type in events
@@ -115,39 +130,6 @@ async def delete_webhook(session: AsyncSession, user_id: str, webhook_id: str) -
 # --- the delivery queue -----------------------------------------------------------------
 
 
-async def enqueue(
-    session: AsyncSession,
-    webhooks: Sequence[Webhook],
-    *,
-    event_id: str,
-    event_type: str,
-    payload: str,
-    now: datetime,
-) -> None:
-    """One pending delivery per webhook, due now; one that exists already (the same event
-    dispatched again) is left as it is."""
-    if not webhooks:
-        return
-    rows = [
-        {
-            "id": str(uuid.uuid4()),
-            "webhook_id": webhook.id,
-            "event_id": event_id,
-            "event_type": event_type,
-            "payload": payload,
-            "status": PENDING,
-            "attempts": 0,
-            "next_attempt_at": now,
-            "created_at": now,
-            "updated_at": now,
-        }
-        for webhook in webhooks
-    ]
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    await session.execute(insert(WebhookDelivery).on_conflict_do_nothing(), rows)
-
-
 @dataclass(frozen=True)
 class Claimed:
     """A delivery this process holds the lease of, with what sending it needs."""
@@ -161,6 +143,77 @@ class Claimed:
     claim: str
     url: str
     secret: str
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Deliveries to queue already claimed (by ``claim`` until ``until``) for the webhooks in
+    ``webhook_ids``: the process that queues them sends them at once, with no claim of its own."""
+
+    claim: str
+    until: datetime
+    webhook_ids: frozenset[str]
+
+
+async def enqueue(
+    session: AsyncSession,
+    webhooks: Sequence[Subscription],
+    *,
+    event_id: str,
+    event_type: str,
+    payload: str,
+    now: datetime,
+    hold: Hold | None = None,
+) -> list[Claimed]:
+    """One pending delivery per webhook; one that exists already (the same event dispatched
+    again) is left as it is. Those for webhooks in ``hold`` are inserted claimed, and returned
+    (the new ones only) for the caller to send once it has committed; the others are due now
+    for any delivery loop."""
+    if not webhooks:
+        return []
+    rows = []
+    for webhook in webhooks:
+        held = hold is not None and webhook.id in hold.webhook_ids
+        rows.append(
+            {
+                "id": str(uuid.uuid4()),
+                "webhook_id": webhook.id,
+                "event_id": event_id,
+                "event_type": event_type,
+                "payload": payload,
+                "status": PENDING,
+                "attempts": 0,
+                "next_attempt_at": hold.until if hold is not None and held else now,
+                "claimed_by": hold.claim if hold is not None and held else None,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    # Core on the table, not the ORM's bulk insert: this runs once per event and webhook.
+    inserted = await session.execute(
+        insert(_DELIVERIES)
+        .on_conflict_do_nothing()
+        .returning(_DELIVERIES.c.id, _DELIVERIES.c.webhook_id, _DELIVERIES.c.claimed_by),
+        rows,
+    )
+    by_id = {webhook.id: webhook for webhook in webhooks}
+    return [
+        Claimed(
+            delivery_id,
+            webhook_id,
+            event_id,
+            payload,
+            0,
+            None,
+            claim,
+            by_id[webhook_id].url,
+            by_id[webhook_id].secret,
+        )
+        for delivery_id, webhook_id, claim in inserted.all()
+        if claim is not None
+    ]
 
 
 async def claim_due(
@@ -258,9 +311,10 @@ async def record_attempt(
             first, attempts, now, base_seconds=base_seconds, window_seconds=window_seconds
         )
         new_status = PENDING if retry_at is not None else FAILED
+    d = _DELIVERIES.c
     result = await session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery.id, WebhookDelivery.claimed_by == delivery.claim)
+        update(_DELIVERIES)
+        .where(d.id == delivery.id, d.claimed_by == delivery.claim)
         .values(
             status=new_status,
             attempts=attempts,
@@ -271,7 +325,6 @@ async def record_attempt(
             last_error=error,
             updated_at=now,
         )
-        .execution_options(synchronize_session=False)
     )
     await session.commit()
     return new_status if getattr(result, "rowcount", 0) else None

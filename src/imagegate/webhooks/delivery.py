@@ -21,11 +21,12 @@ import logging
 import re
 import ssl
 import time
+import uuid
 import weakref
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
 import h11
@@ -278,6 +279,11 @@ def notify() -> None:
         loop.wake()
 
 
+def local_loop() -> DeliveryLoop | None:
+    """This process's running delivery loop, if any (there is at most one)."""
+    return next(iter(_loops), None)
+
+
 class DeliveryLoop:
     """Sends due deliveries with bounded concurrency, records outcomes, prunes old ones."""
 
@@ -300,6 +306,9 @@ class DeliveryLoop:
         self.lease = timedelta(seconds=settings.webhook_timeout_seconds + 60)
         self._wakeup = asyncio.Event()
         self._inflight: dict[asyncio.Task[None], deliveries.Claimed] = {}
+        # Handed over by this process's handler, claimed already: sent before any claim.
+        self._ready: deque[deliveries.Claimed] = deque()
+        self._due = True  # whether to claim on the next turn: at start, a poll, a wake
         self._task: asyncio.Task[None] | None = None
         self._pruned_at = 0.0
         self._warned_at = 0.0
@@ -314,7 +323,8 @@ class DeliveryLoop:
         now) for the next loop; an attempt cut short may have arrived, and is sent again
         (receivers drop duplicates by webhook-id)."""
         _loops.discard(self)
-        cut_short = list(self._inflight.values())
+        cut_short = [*self._inflight.values(), *self._ready]
+        self._ready.clear()
         tasks = [t for t in (self._task, *self._inflight) if t is not None]
         for task in tasks:
             task.cancel()
@@ -327,42 +337,75 @@ class DeliveryLoop:
                 log.warning("webhook deliveries not handed back (their leases will end): %s", exc)
 
     def wake(self) -> None:
+        """Deliveries were queued due: claim them now rather than at the next poll."""
+        self._due = True
         self._wakeup.set()
+
+    def hold(self, webhook_ids: Sequence[str], now: datetime) -> deliveries.Hold | None:
+        """A claim for new deliveries to those of ``webhook_ids`` this loop has room for
+        (within its concurrency and the per-webhook limit), so they are queued claimed and
+        then handed over; None when it has no room (they are queued due, for any loop)."""
+        if len(self._inflight) + len(self._ready) >= self.concurrency:
+            return None
+        busy = self._busy()
+        room = frozenset(w for w in webhook_ids if busy[w] < deliveries.PER_WEBHOOK)
+        if not room:
+            return None
+        return deliveries.Hold(str(uuid.uuid4()), now + self.lease, room)
+
+    def hand_over(self, claimed: Sequence[deliveries.Claimed]) -> None:
+        """Send these (queued under this loop's :meth:`hold`, committed) as soon as a slot
+        is free."""
+        self._ready.extend(claimed)
+        self._wakeup.set()  # no claim needed: they are ours
+
+    def _busy(self) -> Counter[str]:
+        return Counter(d.webhook_id for d in (*self._inflight.values(), *self._ready))
 
     async def run(self) -> None:
         """Claim and send until cancelled; the database being away only pauses it."""
         while True:
             self._wakeup.clear()
+            while self._ready and len(self._inflight) < self.concurrency:
+                self._launch(self._ready.popleft())
             free = self.concurrency - len(self._inflight)
             claimed: list[deliveries.Claimed] = []
-            if free > 0:
+            if free > 0 and self._due:
+                self._due = False
                 try:
                     claimed = await self._claim(free)
                     await self._maybe_prune()
                 except (sa_exc.SQLAlchemyError, OSError) as exc:
                     self._warn(f"webhook deliveries paused: database unavailable: {exc}")
                 for delivery in claimed:
-                    task = asyncio.create_task(self._attempt(delivery))
-                    self._inflight[task] = delivery
-                    task.add_done_callback(self._done)
+                    self._launch(delivery)
                 if claimed and len(claimed) == free:
-                    continue  # more may be due: claim again (or wait for a slot)
-            await self._wait()
+                    self._due = True  # more may be due: claim again (or wait for a slot)
+                    continue
+            if await self._wait():
+                self._due = True  # the poll: retries that have come due
+
+    def _launch(self, delivery: deliveries.Claimed) -> None:
+        task = asyncio.create_task(self._attempt(delivery))
+        self._inflight[task] = delivery
+        task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.pop(task, None)
 
-    async def _wait(self) -> None:
-        """Until woken, an attempt finishes (a slot frees), or the poll interval passes."""
+    async def _wait(self) -> bool:
+        """Until woken, an attempt finishes (a slot frees), or the poll interval passes
+        (then True)."""
         wakeup = asyncio.ensure_future(self._wakeup.wait())
         try:
-            await asyncio.wait(
+            done, _ = await asyncio.wait(
                 {wakeup, *self._inflight},
                 timeout=self.poll_seconds,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
             wakeup.cancel()
+        return not done
 
     async def _claim(self, limit: int) -> list[deliveries.Claimed]:
         now = utcnow()
@@ -372,7 +415,7 @@ class DeliveryLoop:
                 now=now,
                 lease_until=now + self.lease,
                 limit=limit,
-                busy=Counter(d.webhook_id for d in self._inflight.values()),
+                busy=self._busy(),
             )
 
     async def _maybe_prune(self) -> None:

@@ -9,29 +9,41 @@ from imagegate.db.types import utcnow
 from imagegate.events.envelope import Event
 from imagegate.events.handlers import HandlerContext
 from imagegate.webhooks import deliveries
-from imagegate.webhooks.delivery import notify
+from imagegate.webhooks.delivery import local_loop, notify
 
 
 async def queue_deliveries(event: Event, ctx: HandlerContext) -> None:
     """One pending delivery per webhook of the event's owner that subscribes to its type.
 
     Idempotent: a delivery is unique per (webhook, event), so the same event dispatched twice
-    queues nothing more. The delivery loop sends them; this returns as soon as they are saved.
+    queues nothing more. Returns as soon as they are saved. This process's delivery loop, when
+    it has room, gets them already claimed and sends them at once (a claim would be one more
+    transaction per event); the others are due now for any loop.
     """
+    now = utcnow()
+    loop = local_loop()
     async with ctx.sessions() as session:
-        webhooks = list(
-            await session.scalars(select(Webhook).where(Webhook.user_id == event.owner_id))
-        )
+        webhooks = (
+            await session.execute(
+                select(Webhook.id, Webhook.url, Webhook.secret, Webhook.events).where(
+                    Webhook.user_id == event.owner_id
+                )
+            )
+        ).all()
         matching = [w for w in webhooks if deliveries.subscribed(w, event.type)]
         if not matching:
             return
-        await deliveries.enqueue(
+        held = await deliveries.enqueue(
             session,
             matching,
             event_id=event.id,
             event_type=event.type,
             payload=event.to_json().decode("utf-8"),
-            now=utcnow(),
+            now=now,
+            hold=loop.hold([w.id for w in matching], now) if loop is not None else None,
         )
         await session.commit()
-    notify()
+    if loop is not None and held:
+        loop.hand_over(held)
+    if len(held) < len(matching):
+        notify()
