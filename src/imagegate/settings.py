@@ -187,7 +187,7 @@ class Settings(BaseSettings):
     outbox_retention_seconds: int = Field(
         3 * 86400, ge=60, description="Published outbox rows are pruned after this."
     )
-    outbox_batch_size: int = Field(500, ge=1, le=10_000, description="Rows per relay batch.")
+    outbox_batch_size: int = Field(2000, ge=1, le=10_000, description="Rows per relay batch.")
     outbox_poll_seconds: float = Field(
         0.05, gt=0, le=10, description="How often an idle relay or inline dispatcher looks."
     )

@@ -41,8 +41,12 @@ WITH head AS (
            ORDER BY published_at, seq LIMIT %s
          ) AS unpublished
 )
-SELECT head.snapshot_at, head.unpublished, b.*
-FROM head LEFT JOIN LATERAL ({batch}) AS b ON true
+SELECT CASE WHEN b.n IS NULL OR b.n = 1 THEN head.snapshot_at END AS snapshot_at,
+       CASE WHEN b.n IS NULL OR b.n = 1 THEN head.unpublished END AS unpublished,
+       b.*
+FROM head LEFT JOIN LATERAL (
+  SELECT batch.*, row_number() OVER (ORDER BY batch.seq) AS n FROM ({batch}) AS batch
+) AS b ON true
 ORDER BY b.seq
 """
 
@@ -51,8 +55,9 @@ def with_head(select_batch: str) -> str:
     """The relay's batch query (``select_batch``, ending in ``LIMIT %s``), wrapped so that one
     statement, hence one snapshot, also returns the snapshot's time and the seqs of the
     committed rows still unpublished (at most the batch size + 1: one more than a batch tells
-    that the list is cut). An empty batch still returns the head row (with a NULL seq).
-    Parameters: (batch size + 1, batch size)."""
+    that the list is cut). An empty batch still returns the head row (with a NULL seq). The
+    head's values are on the first row only: repeated on every row, the list made the batch
+    quadratic to decode. Parameters: (batch size + 1, batch size)."""
     return _WITH_HEAD.replace("{batch}", select_batch.strip())
 
 

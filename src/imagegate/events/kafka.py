@@ -101,9 +101,12 @@ def consumer_config(settings: Settings, role: str = "worker") -> dict[str, Any]:
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
-        # Cooperative rebalancing: a member joining or leaving moves only the partitions that
-        # change hands; the others keep being consumed.
-        "partition.assignment.strategy": "cooperative-sticky",
+        # Round-robin over the partitions of both topics: every worker gets its share of each
+        # topic. The cooperative-sticky assignor balances only the count, and gave one worker
+        # every partition of the busy images topic and the other the accounts topic (one
+        # worker doing all the work). The price: a rebalance (a worker joining or leaving)
+        # pauses every partition for a moment, not only those that move.
+        "partition.assignment.strategy": "roundrobin",
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 1_000,
     }

@@ -15,6 +15,9 @@ and the batch is produced again after a pause; consumers' handlers are idempoten
 duplicates that can cause are harmless. Published rows are pruned after
 ``outbox_retention_seconds``.
 
+An idle relay looks again when PostgreSQL notifies it that a commit added outbox rows (a
+trigger, migration 0006), or after ``outbox_poll_seconds`` at the latest.
+
 After each batch (and each look that found nothing), the relay also sends a heartbeat, at most
 every ``account_feed_heartbeat_seconds``, to every partition of ``<prefix>.accounts``: the time
 before which every committed event is in Kafka, which tells the replicas' account feeds how
@@ -52,6 +55,9 @@ RECONNECT_SECONDS = 1.0
 RETRY_SECONDS = (0.5, 5.0)
 PRUNE_EVERY_SECONDS = 60.0
 PRUNE_CHUNK = 10_000
+# Batches start at most this often when the outbox is nearly idle (see Relay._idle).
+BATCH_GAP_SECONDS = 0.05
+NOTIFY_CHANNEL = "imagegate_outbox"  # notified by a trigger on outbox_events (migration 0006)
 # How often a delivery wait looks whether the process is stopping.
 FLUSH_SLICE_SECONDS = 0.2
 # CloudEvents' Kafka binding, structured mode: the whole envelope is the value.
@@ -224,6 +230,9 @@ class Relay:
         else:
             return
         log.info("relay: holding the lease; publishing the outbox")
+        # Commits that add outbox rows notify this channel (migration 0006): an idle relay
+        # wakes at once rather than at its next poll.
+        await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
         self.active = True
         self.metrics.relay_active.set(1)
         next_prune = 0.0
@@ -233,6 +242,7 @@ class Relay:
             if time.monotonic() >= next_prune:
                 await self._prune(conn)
                 next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
+            batch_started = time.monotonic()
             published = await self._batch(conn)
             if published is None:  # a delivery failed: pause, then the same rows again
                 failures += 1
@@ -240,8 +250,19 @@ class Relay:
                 await self._sleep(pause)
                 continue
             failures = 0
-            if published < batch_size:  # caught up: look again after the poll interval
-                await self._sleep(self.settings.outbox_poll_seconds)
+            if published < batch_size:  # caught up: look again when notified, or at the poll
+                await self._idle(conn, batch_started)
+
+    async def _idle(self, conn: psycopg.AsyncConnection[DictRow], batch_started: float) -> None:
+        """Until a commit adds outbox rows (a notification, also one that came during the
+        last batch) or the poll interval passes; then at least until ``BATCH_GAP_SECONDS``
+        after the last batch started, so that a stream of single events goes out in batches
+        rather than one produce request and one UPDATE per event."""
+        async for _ in conn.notifies(timeout=self.settings.outbox_poll_seconds, stop_after=1):
+            break
+        gap = BATCH_GAP_SECONDS - (time.monotonic() - batch_started)
+        if gap > 0:
+            await self._sleep(gap)
 
     async def _batch(self, conn: psycopg.AsyncConnection[DictRow]) -> int | None:
         """Publish one batch: the number of rows taken, or None when a delivery failed (or

@@ -2,14 +2,15 @@
 
 Offsets are committed only for messages whose handlers returned (``enable.auto.commit`` and
 the automatic offset store are off; the worker commits the next offset of each partition it
-has handled, after each fetched batch; the batch's partitions are handled side by side, each
-in order). A handler that raises is retried with backoff
-(``RETRY_SECONDS``) in place, nothing past it committed, so the partition's later messages — the
-same user's later events — wait behind it. A message that is not an event at all (cannot be
-parsed) can never succeed: it is logged once, counted in ``imagegate_events_poison_total`` and
-committed past. On a rebalance the revoked partitions' handled offsets are committed before
-they are given up; nothing unhandled is ever committed. confluent-kafka's Consumer blocks, so
-every call on it runs in one dedicated thread, and the handlers run on the event loop.
+has handled, every ``COMMIT_EVERY_SECONDS`` while events flow and as soon as they stop).
+A fetch's partitions are handled side by side, each in order. A handler that raises is
+retried with backoff (``RETRY_SECONDS``) in place, nothing past it committed, so the
+partition's later messages — the same user's later events — wait behind it. A message that
+is not an event at all (cannot be parsed) can never succeed: it is logged once, counted in
+``imagegate_events_poison_total`` and committed past. On a rebalance the revoked partitions'
+handled offsets are committed before they are given up; nothing unhandled is ever committed.
+confluent-kafka's Consumer blocks, so every call on it runs in one dedicated thread, and the
+handlers run on the event loop.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -36,6 +38,9 @@ FETCH_MAX = 500
 RETRY_SECONDS = (0.5, 30.0)
 # What stop() keeps of the shutdown grace for committing and leaving the group.
 CLOSE_RESERVE_SECONDS = 3.0
+# Handled offsets are committed at least this often while events flow, and at once after a
+# fetch without events.
+COMMIT_EVERY_SECONDS = 0.2
 LOGGED = (1, 10, 100)  # which of a run of broker errors are logged
 T = TypeVar("T")
 
@@ -64,6 +69,7 @@ class KafkaWorker:
         # Partitions revoked during the current fetch: its messages from them are not handled.
         self._revoked: set[tuple[str, int]] = set()
         self._broker_errors = 0  # in a row (the LOGGED ones are logged)
+        self._committed_at = 0.0  # time.monotonic() of the last commit
 
     async def start(self) -> None:
         """Join the group and consume in the background."""
@@ -139,7 +145,13 @@ class KafkaWorker:
                 key = (msg.topic() or "", msg.partition() or 0)
                 by_partition.setdefault(key, []).append(msg)
             await asyncio.gather(*(self._partition(k, m) for k, m in by_partition.items()))
-            await self._commit()
+            # Not after every fetch while events flow: each commit is a replicated write on
+            # the brokers, and a steady stream makes many small fetches. What is handled but
+            # not yet committed when the worker dies is handled again (handlers are
+            # idempotent). A quiet fetch (nothing, or only the relay's heartbeats) commits.
+            quiet = not any(not is_heartbeat(m.headers()) for m in messages if not m.error())
+            if quiet or time.monotonic() - self._committed_at >= COMMIT_EVERY_SECONDS:
+                await self._commit()
 
     async def _partition(self, key: tuple[str, int], messages: list[Message]) -> None:
         """Handle one partition's fetched messages in order, marking each one done."""
@@ -233,6 +245,7 @@ class KafkaWorker:
                     self._pending[key] = max(self._pending.get(key, 0), tp.offset)
 
     async def _commit(self) -> None:
+        self._committed_at = time.monotonic()
         offsets = self._take_pending()
         if offsets:
             await self._call(self._commit_now, offsets)
