@@ -1,6 +1,6 @@
 """imagegate benchmarks: every number next to the ceiling it could reach, measured in one run.
 
-    bench/run [--quick] [--json FILE] [--only limits|events]
+    bench/run [--quick] [--json FILE] [--only limits|feed|events]
 
 Load comes from wrk (Debian's), one thread, driven by Lua scripts; its own ceiling is the NGINX
 static baseline. Targets: embedded mode (`imagegate serve`) and the local production stack
@@ -13,7 +13,9 @@ Every row from a load run records wrk's counts (requests, socket errors, answers
 2xx/3xx); bench/validate.py fails rows whose failures exceed 1 % unless they measure refusals on
 purpose (``rejections``). The connection limits' rows (``--only limits`` runs just those) compare
 embedded mode before them (commit BEFORE_LIMITS, unpacked by ``git archive``) with the working
-tree, in alternating rounds. The event rows (``--only events`` runs just those; bench/events.py)
+tree, in alternating rounds. The account feed's rows (``--only feed``; bench/account_feed.py)
+compare the security replicas checking accounts in the database and in memory, alternating
+rounds. The event rows (``--only events`` runs just those; bench/events.py)
 time events from their commit to a webhook's arrival at 200 events/s, and one relay draining an
 outbox backlog next to Kafka's own producer benchmark; every event must arrive (``lossless``:
 no error budget).
@@ -48,7 +50,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import events  # noqa: E402  (bench/events.py: this folder is on sys.path when run)
+import account_feed  # noqa: E402  (bench/account_feed.py: this folder is on sys.path when run)
+import events  # noqa: E402  (bench/events.py, likewise)
 
 from imagegate.settings import Settings  # noqa: E402
 from imagegate.uploader.pool import CodecPool  # noqa: E402
@@ -624,10 +627,41 @@ def run(b: Bench, only: str = "all") -> None:
         if only == "all":
             with process([PY, str(ROOT / "bench" / "bare_app.py"), str(port)], framework):
                 run_with_stack(b, stack, framework)
-        event_rows(b, stack)  # last: its relay rounds leave the workers a backlog to handle
+        if only in ("all", "feed"):
+            feed_rows(b, stack)
+        if only in ("all", "events"):
+            event_rows(b, stack)  # last: its relay rounds leave the workers a backlog to handle
     finally:
         if not stack_was_up:
             subprocess.run([PY, str(ROOT / "deploy/local/stack.py"), "down"], capture_output=True)
+
+
+def feed_rows(b: Bench, stack: ModuleType) -> None:
+    """Issue 11's item 9 (bench/account_feed.py): token validation straight to a security
+    replica and ``GET /v1/user`` through the gateway, with the replicas checking each account
+    in the database (before) and in their in-memory account feed (after), alternating rounds.
+    Goal: at least 3 times the database's rate."""
+    api = f"http://127.0.0.1:{stack.PLAIN_PORT}"
+    replicas = [f"http://127.0.0.1:{p}" for p in stack.SECURITY_PORTS]
+    with httpx.Client(base_url=api, timeout=60) as c:
+        tokens = [token for _, token in accounts(c, 8)]
+
+    def measure() -> tuple[Load, Load]:
+        return (
+            b.wrk(f"{replicas[0]}/v1/token/validation", tokens=tokens),
+            b.wrk(f"{api}/v1/user", tokens=tokens),
+        )
+
+    runs = account_feed.alternate(1 if b.quick else 3, replicas, measure)
+    for i, label in enumerate(("token validation (direct)", "GET /v1/user (authenticated)")):
+        before = Load.combine([r[i] for r in runs["database"]])
+        after = Load.combine([r[i] for r in runs["feed"]])
+        b.add(f"{label}: account read from the database", "stack", "req/s", before.rps, load=before)
+        b.add(
+            f"{label}: account feed (goal ≥ 3)", "stack", "req/s", after.rps, before.rps, load=after
+        )
+        b.add(f"{label}: account read from the database", "stack", "p99 ms", before.p99_ms)
+        b.add(f"{label}: account feed", "stack", "p99 ms", after.p99_ms, load=after)
 
 
 def event_rows(b: Bench, stack: ModuleType) -> None:
@@ -969,7 +1003,7 @@ def main(argv: list[str] | None = None, *, on_row: Callable[[Row], None] | None 
     parser.add_argument("--json", type=Path, help="write the rows as JSON to this file")
     parser.add_argument(
         "--only",
-        choices=("all", "limits", "events"),
+        choices=("all", "limits", "feed", "events"),
         default="all",
         help="limits: only the connection limits' rows (embedded, no stack); events: only the "
         "event rows (stack)",
