@@ -415,3 +415,32 @@ def test_a_deleted_webhook_s_pending_deliveries_are_gone(
     r = client.get(f"/v1/webhooks/{hook['id']}/deliveries", headers=account.auth)
     assert r.status_code == 404
     assert json.loads(r.text) == {"error": "no such webhook"}
+
+
+def test_a_deleted_account_s_webhooks_get_its_last_events_then_close(
+    server: ServerProcess, client: httpx.Client
+) -> None:
+    account = register_and_login(client)
+    with receiving() as receiver:
+        hook = create(
+            client,
+            account,
+            receiver.url("/last"),
+            [EventType.IMAGE_STORED, EventType.ACCOUNT_DELETED],
+        )
+        name = upload(client, account)
+        r = client.request(
+            "DELETE", "/v1/user", json={"password": account.password}, headers=account.auth
+        )
+        assert r.status_code == 204, r.text
+        wait_until(lambda: len(receiver.received("/last")) >= 2, "both events")
+        got = [Webhook(hook["secret"]).verify(x.body, x.headers) for x in receiver.received()]
+    # Two deliveries in flight at once: their order of arrival is not the events' order.
+    by_type = {e["type"]: e for e in got}
+    assert len(got) == 2 and set(by_type) == {EventType.IMAGE_STORED, EventType.ACCOUNT_DELETED}
+    assert by_type[EventType.IMAGE_STORED]["data"]["name"] == name
+    assert by_type[EventType.ACCOUNT_DELETED]["subject"].endswith(account.id)
+    # The webhook is closed, not gone: the delivery loop removes it once the retention is over.
+    with contextlib.closing(sqlite3.connect(server.data_dir / "imagegate.db")) as db:
+        closed = db.execute("SELECT closed_at FROM webhooks WHERE id = ?", (hook["id"],)).fetchone()
+    assert closed is not None and closed[0] is not None

@@ -405,3 +405,27 @@ async def test_held_deliveries_are_queued_claimed_and_returned_once(
     assert [c.webhook_id for c in await _claim(sessions, T0)] == [other.id]
     assert await enqueue() == []  # dispatched again: nothing new to hand over
     assert await _record(sessions, held[0], T0, delivered=True) == deliveries.DELIVERED
+
+
+@on_fixture_loop
+async def test_closed_webhooks_are_pruned_after_the_retention_once_nothing_is_pending(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    busy, done, open_ = await _webhook(sessions), await _webhook(sessions), await _webhook(sessions)
+    await _enqueue(sessions, [busy, done], "event-1")
+    [for_done] = [c for c in await _claim(sessions, T0) if c.webhook_id == done.id]
+    assert await _record(sessions, for_done, T0, delivered=True) == deliveries.DELIVERED
+    async with sessions() as s:
+        for hook in (busy, done):
+            await deliveries.close_webhooks(s, hook.user_id, now=T0)
+        await s.commit()
+    async with sessions() as s:  # not before the retention is over
+        assert await deliveries.prune_closed(s, before=T0) == 0
+    async with sessions() as s:
+        assert await deliveries.prune_closed(s, before=T0 + timedelta(seconds=1)) == 1
+    async with sessions() as s:
+        left = set(await s.scalars(select(Webhook.id)))
+        pending = await s.scalar(select(func.count()).select_from(WebhookDelivery))
+    # The closed one with a delivery still pending stays, and so does the open one.
+    assert {busy.id, open_.id} <= left and done.id not in left
+    assert pending == 1

@@ -137,7 +137,9 @@ class Webhook(Base):
     __tablename__ = "webhooks"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    # No foreign key: a deleted account's webhooks stay until its last events are sent
+    # (migration 0007); ``closed_at`` is set when its ``account.deleted`` is queued.
+    user_id: Mapped[str] = mapped_column(String(36), index=True)
     url: Mapped[str] = mapped_column(String(2048))
     # A JSON list of event types; NULL: every type, including types added later.
     events: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -145,6 +147,7 @@ class Webhook(Base):
     # be kept as a hash). Never returned after creation, never logged.
     secret: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class WebhookDelivery(Base):

@@ -118,6 +118,16 @@ async def user_webhook(session: AsyncSession, user_id: str, webhook_id: str) -> 
     )
 
 
+async def close_webhooks(session: AsyncSession, user_id: str, *, now: datetime) -> None:
+    """Mark the webhooks of a deleted account closed (see :func:`prune_closed`)."""
+    await session.execute(
+        update(Webhook)
+        .where(Webhook.user_id == user_id, Webhook.closed_at.is_(None))
+        .values(closed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
 async def delete_webhook(session: AsyncSession, user_id: str, webhook_id: str) -> bool:
     """Delete the user's webhook; its deliveries go with it (ON DELETE CASCADE), so pending
     ones are never sent. False when the user has no such webhook."""
@@ -353,6 +363,19 @@ async def prune_finished(session: AsyncSession, *, before: datetime) -> int:
         delete(WebhookDelivery).where(
             WebhookDelivery.status.in_((DELIVERED, FAILED)), WebhookDelivery.updated_at < before
         )
+    )
+    await session.commit()
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def prune_closed(session: AsyncSession, *, before: datetime) -> int:
+    """Delete the webhooks closed (their account deleted) before ``before`` that have no
+    pending delivery left, with their finished deliveries; commits."""
+    pending = select(WebhookDelivery.id).where(
+        WebhookDelivery.webhook_id == Webhook.id, WebhookDelivery.status == PENDING
+    )
+    result = await session.execute(
+        delete(Webhook).where(Webhook.closed_at < before, ~pending.exists())
     )
     await session.commit()
     return int(getattr(result, "rowcount", 0) or 0)

@@ -424,8 +424,13 @@ class DeliveryLoop:
         self._pruned_at = time.monotonic()
         async with self.sessions() as session:
             removed = await deliveries.prune_finished(session, before=utcnow() - RETENTION)
-        if removed:
-            log.info("pruned %d finished webhook deliveries", removed)
+            closed = await deliveries.prune_closed(session, before=utcnow() - RETENTION)
+        if removed or closed:
+            log.info(
+                "pruned %d finished webhook deliveries and %d webhooks of deleted accounts",
+                removed,
+                closed,
+            )
 
     async def _attempt(self, delivery: deliveries.Claimed) -> None:
         s = self.settings
