@@ -444,3 +444,31 @@ def test_a_deleted_account_s_webhooks_get_its_last_events_then_close(
     with contextlib.closing(sqlite3.connect(server.data_dir / "imagegate.db")) as db:
         closed = db.execute("SELECT closed_at FROM webhooks WHERE id = ?", (hook["id"],)).fetchone()
     assert closed is not None and closed[0] is not None
+
+
+def test_a_retry_comes_round_while_other_events_keep_the_loop_busy(client: httpx.Client) -> None:
+    """Every hand-over and finished attempt wakes the delivery loop early; its look for due
+    retries must still come round while another account's events flow without a pause."""
+    waiting, busy = register_and_login(client), register_and_login(client)
+    down = Receiver()  # not started yet
+    hook = create(client, waiting, down.url("/retry"))
+    with receiving() as flowing:
+        create(client, busy, flowing.url("/flow"))
+        upload(client, waiting)
+        wait_until(
+            lambda: any(d["attempts"] >= 1 for d in deliveries(client, waiting, hook["id"])),
+            "a failed attempt",
+        )
+        down.start()
+        try:
+            deadline, seed = time.monotonic() + 60, 0
+            while not down.received("/retry"):  # the other account's uploads never stop
+                assert time.monotonic() < deadline, "the retry never came while events flowed"
+                seed += 1
+                upload(client, busy, seed=seed % 3)
+                # Apart enough that each delivery has the loop's room (no queueing for any
+                # loop, which would wake the claim), close enough to end every 1 s wait early.
+                time.sleep(0.3)
+        finally:
+            down.stop()
+        assert len(flowing.received("/flow")) >= 1

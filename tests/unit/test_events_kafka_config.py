@@ -80,3 +80,17 @@ def test_serve_help_names_the_event_roles() -> None:
     assert done.returncode == 0
     assert "'relay' (publishes events to Kafka)" in " ".join(done.stdout.split())
     assert "'worker' (handles events from Kafka)" in " ".join(done.stdout.split())
+
+
+def test_after_a_rebalance_a_partition_kept_is_handled_once_and_one_lost_not_at_all() -> None:
+    from confluent_kafka import Message
+
+    from imagegate.events.worker import after_rebalance
+
+    def msg(partition: int, offset: int) -> Message:
+        return Message(topic="t", partition=partition, offset=offset, value=b"{}")
+
+    # Fetched before the revocation: p0 10-11, p1 20; given back p0 only, re-fetched from 10.
+    fetched = [msg(0, 10), msg(1, 20), msg(0, 11), msg(0, 10), msg(0, 11), msg(0, 12), msg(2, 5)]
+    kept = after_rebalance(fetched, revoked={("t", 0), ("t", 1)}, owned={("t", 0), ("t", 2)})
+    assert [(m.partition(), m.offset()) for m in kept] == [(0, 10), (0, 11), (0, 12), (2, 5)]

@@ -259,7 +259,11 @@ class Relay:
         after the last batch started, so that a stream of single events goes out in batches
         rather than one produce request and one UPDATE per event."""
         async for _ in conn.notifies(timeout=self.settings.outbox_poll_seconds, stop_after=1):
-            break
+            pass
+        # Notifications that came during the last batch are queued (without bound) by psycopg:
+        # one batch answers them all.
+        async for _ in conn.notifies(timeout=0):
+            pass
         gap = BATCH_GAP_SECONDS - (time.monotonic() - batch_started)
         if gap > 0:
             await self._sleep(gap)

@@ -46,7 +46,17 @@ class EventServices:
 
     async def start(self) -> None:
         settings = self.ctx.settings
-        if settings.events == "inline" and "uploader" in self.roles:
+        inline = settings.events == "inline" and "uploader" in self.roles
+        # Webhook deliveries go out from where events are handled: embedded, and the worker.
+        # Started first, so stopped last (stops run in reverse): the handlers still running
+        # during the shutdown grace may hand it deliveries.
+        if inline or "worker" in self.roles:
+            from imagegate.webhooks.delivery import DeliveryLoop
+
+            webhook_loop = DeliveryLoop(settings, self.ctx.sessions)
+            webhook_loop.start()
+            self._stops.append(webhook_loop.stop)
+        if inline:
             self.dispatcher = InlineDispatcher(self.ctx, self.engine)
             await self.dispatcher.start()
             self._stops.append(self.dispatcher.stop)
@@ -66,13 +76,6 @@ class EventServices:
             await worker.start()
             self._stops.append(worker.stop)
             self.health_probes.append(_broker_probe(worker.broker_reachable))
-        # Webhook deliveries go out from where events are handled: embedded, and the worker.
-        if self.dispatcher is not None or "worker" in self.roles:
-            from imagegate.webhooks.delivery import DeliveryLoop
-
-            webhook_loop = DeliveryLoop(settings, self.ctx.sessions)
-            webhook_loop.start()
-            self._stops.append(webhook_loop.stop)
 
     async def stop(self) -> None:
         while self._stops:

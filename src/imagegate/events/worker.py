@@ -45,6 +45,32 @@ LOGGED = (1, 10, 100)  # which of a run of broker errors are logged
 T = TypeVar("T")
 
 
+def after_rebalance(
+    messages: list[Message], revoked: set[tuple[str, int]], owned: set[tuple[str, int]]
+) -> list[Message]:
+    """The messages of one fetch during which partitions were revoked (``revoked``) that are
+    still this worker's to handle.
+
+    A rebalance runs inside the poll, and the poll goes on after it: a partition revoked and
+    given back (round-robin takes every partition back at each rebalance) has messages fetched
+    before the revocation and the same ones again, fetched from the committed offset after it.
+    Those of a partition now someone else's are dropped (its new owner handles them from the
+    committed offset); of one still ours, each offset is kept once, in order — the consumer's
+    position is past them, so dropping them all would lose them.
+    """
+    kept: list[Message] = []
+    next_offset: dict[tuple[str, int], int] = {}
+    for msg in messages:
+        key = (msg.topic() or "", msg.partition() or 0)
+        if msg.error() is None and key in revoked:
+            offset = msg.offset() or 0
+            if key not in owned or offset < next_offset.get(key, 0):
+                continue
+            next_offset[key] = offset + 1
+        kept.append(msg)
+    return kept
+
+
 class _Stopping(Exception):
     """The worker is stopping while a message is still unhandled: leave it uncommitted."""
 
@@ -66,7 +92,7 @@ class KafkaWorker:
         # Next offset to commit per (topic, partition): handled, not yet committed.
         self._pending: dict[tuple[str, int], int] = {}
         self._lock = threading.Lock()  # _pending is touched by rebalance callbacks too
-        # Partitions revoked during the current fetch: its messages from them are not handled.
+        # Partitions revoked during the current fetch (see after_rebalance).
         self._revoked: set[tuple[str, int]] = set()
         self._broker_errors = 0  # in a row (the LOGGED ones are logged)
         self._committed_at = 0.0  # time.monotonic() of the last commit
@@ -121,7 +147,11 @@ class KafkaWorker:
         first = consumer.poll(POLL_SECONDS)
         if first is None:
             return []
-        return [first, *consumer.consume(FETCH_MAX - 1, 0)]
+        messages = [first, *consumer.consume(FETCH_MAX - 1, 0)]
+        if not self._revoked:
+            return messages
+        owned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+        return after_rebalance(messages, self._revoked, owned)
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
@@ -156,10 +186,6 @@ class KafkaWorker:
     async def _partition(self, key: tuple[str, int], messages: list[Message]) -> None:
         """Handle one partition's fetched messages in order, marking each one done."""
         for msg in messages:
-            if key in self._revoked:
-                # Revoked by a rebalance during this fetch (after the message came): its new
-                # owner handles it from the last committed offset.
-                return
             try:
                 await self._handle(msg)
             except _Stopping:

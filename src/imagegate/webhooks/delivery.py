@@ -309,6 +309,8 @@ class DeliveryLoop:
         # Handed over by this process's handler, claimed already: sent before any claim.
         self._ready: deque[deliveries.Claimed] = deque()
         self._due = True  # whether to claim on the next turn: at start, a poll, a wake
+        self._claimed_at = 0.0  # time.monotonic() of the last claim
+        self._stopped = False
         self._task: asyncio.Task[None] | None = None
         self._pruned_at = 0.0
         self._warned_at = 0.0
@@ -323,6 +325,7 @@ class DeliveryLoop:
         now) for the next loop; an attempt cut short may have arrived, and is sent again
         (receivers drop duplicates by webhook-id)."""
         _loops.discard(self)
+        self._stopped = True
         cut_short = [*self._inflight.values(), *self._ready]
         self._ready.clear()
         tasks = [t for t in (self._task, *self._inflight) if t is not None]
@@ -345,7 +348,7 @@ class DeliveryLoop:
         """A claim for new deliveries to those of ``webhook_ids`` this loop has room for
         (within its concurrency and the per-webhook limit), so they are queued claimed and
         then handed over; None when it has no room (they are queued due, for any loop)."""
-        if len(self._inflight) + len(self._ready) >= self.concurrency:
+        if self._stopped or len(self._inflight) + len(self._ready) >= self.concurrency:
             return None
         busy = self._busy()
         room = frozenset(w for w in webhook_ids if busy[w] < deliveries.PER_WEBHOOK)
@@ -370,8 +373,13 @@ class DeliveryLoop:
                 self._launch(self._ready.popleft())
             free = self.concurrency - len(self._inflight)
             claimed: list[deliveries.Claimed] = []
+            # The poll is by time, not by a quiet wait: hand-overs and finished attempts end
+            # every wait early while events flow, and retries must still come round.
+            if time.monotonic() - self._claimed_at >= self.poll_seconds:
+                self._due = True
             if free > 0 and self._due:
                 self._due = False
+                self._claimed_at = time.monotonic()
                 try:
                     claimed = await self._claim(free)
                     await self._maybe_prune()
@@ -382,8 +390,7 @@ class DeliveryLoop:
                 if claimed and len(claimed) == free:
                     self._due = True  # more may be due: claim again (or wait for a slot)
                     continue
-            if await self._wait():
-                self._due = True  # the poll: retries that have come due
+            await self._wait()
 
     def _launch(self, delivery: deliveries.Claimed) -> None:
         task = asyncio.create_task(self._attempt(delivery))
@@ -393,19 +400,17 @@ class DeliveryLoop:
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.pop(task, None)
 
-    async def _wait(self) -> bool:
-        """Until woken, an attempt finishes (a slot frees), or the poll interval passes
-        (then True)."""
+    async def _wait(self) -> None:
+        """Until woken, an attempt finishes (a slot frees), or the poll interval passes."""
         wakeup = asyncio.ensure_future(self._wakeup.wait())
         try:
-            done, _ = await asyncio.wait(
+            await asyncio.wait(
                 {wakeup, *self._inflight},
                 timeout=self.poll_seconds,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
             wakeup.cancel()
-        return not done
 
     async def _claim(self, limit: int) -> list[deliveries.Claimed]:
         now = utcnow()
