@@ -71,17 +71,32 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{/* The S3 endpoint as the gateway's upstream: host:port (http only). */}}
 {{- define "imagegate.s3HostPort" -}}
 {{- $u := urlParse (include "imagegate.s3Endpoint" .) -}}
-{{- if ne $u.scheme "http" -}}{{ fail "s3.endpoint must be http:// (the gateway proxies image bytes to it)" }}{{- end -}}
+{{- if ne $u.scheme "http" -}}{{ fail (printf "s3.endpoint must be http:// (got %s): the gateway proxies image downloads to it over plain HTTP (deploy/nginx/storage-proxy.conf.template); for an S3 reachable only over https see docs/kubernetes.md, \"S3, the MinIO operator or any S3\"" $u.scheme) }}{{- end -}}
 {{- if contains ":" $u.host -}}{{ $u.host }}{{- else -}}{{ $u.host }}:80{{- end -}}
 {{- end -}}
 
-{{- define "imagegate.s3Port" -}}
-{{- (include "imagegate.s3HostPort" .) | splitList ":" | last -}}
+{{/* The Host header the gateway sends to S3: the one botocore signs the presigned URLs for,
+which leaves out the scheme's default port (http://minio:80 is signed for "minio"). */}}
+{{- define "imagegate.s3Host" -}}
+{{- include "imagegate.s3HostPort" . | trimSuffix ":80" -}}
 {{- end -}}
+
+{{/* The S3 port the NetworkPolicies allow: the pods' port after a Service's translation
+(s3.podPort, a MinIO Tenant's 9000), or the endpoint's own port when s3.podPort is empty. */}}
+{{- define "imagegate.s3Port" -}}
+{{- if .Values.s3.podPort -}}{{ .Values.s3.podPort }}{{- else -}}{{- (include "imagegate.s3HostPort" .) | splitList ":" | last -}}{{- end -}}
+{{- end -}}
+
+{{/* The data dir: a folder the process creates (and chmods 0700) inside the "data" emptyDir
+mounted at /data. Never the mount itself: the kubelet creates that root-owned, and
+imagegate's chmod of it fails (EPERM) as uid 10001. */}}
+{{- define "imagegate.dataDir" -}}/data/imagegate{{- end -}}
 
 {{/* Env of every imagegate container. (dict "root" $ "role" "security"). */}}
 {{- define "imagegate.env" -}}
 {{- $v := .root.Values -}}
+- name: IMAGEGATE_DATA_DIR
+  value: {{ include "imagegate.dataDir" .root }}
 - name: IMAGEGATE_DATABASE_URL
   valueFrom:
     secretKeyRef: {name: {{ include "imagegate.pgSecret" .root }}, key: {{ $v.postgresql.urlKey }}}
