@@ -258,11 +258,9 @@ class Relay:
         last batch) or the poll interval passes; then at least until ``BATCH_GAP_SECONDS``
         after the last batch started, so that a stream of single events goes out in batches
         rather than one produce request and one UPDATE per event."""
+        # Run to its end, not broken out of: it first yields every notification psycopg queued
+        # during the last batch (a break would leave the rest queued, one wake-up each).
         async for _ in conn.notifies(timeout=self.settings.outbox_poll_seconds, stop_after=1):
-            pass
-        # Notifications that came during the last batch are queued (without bound) by psycopg:
-        # one batch answers them all.
-        async for _ in conn.notifies(timeout=0):
             pass
         gap = BATCH_GAP_SECONDS - (time.monotonic() - batch_started)
         if gap > 0:

@@ -179,8 +179,8 @@ class KafkaWorker:
             # the brokers, and a steady stream makes many small fetches. What is handled but
             # not yet committed when the worker dies is handled again (handlers are
             # idempotent). A quiet fetch (nothing, or only the relay's heartbeats) commits.
-            quiet = not any(not is_heartbeat(m.headers()) for m in messages if not m.error())
-            if quiet or time.monotonic() - self._committed_at >= COMMIT_EVERY_SECONDS:
+            events = any(not m.error() and not is_heartbeat(m.headers()) for m in messages)
+            if not events or time.monotonic() - self._committed_at >= COMMIT_EVERY_SECONDS:
                 await self._commit()
 
     async def _partition(self, key: tuple[str, int], messages: list[Message]) -> None:

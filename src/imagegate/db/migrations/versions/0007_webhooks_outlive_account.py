@@ -30,6 +30,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # The webhooks of deleted accounts go, with their deliveries (SQLite's migration
+    # connection does not cascade).
+    op.execute(
+        "DELETE FROM webhook_deliveries WHERE webhook_id IN"
+        " (SELECT id FROM webhooks WHERE user_id NOT IN (SELECT id FROM users))"
+    )
     op.execute("DELETE FROM webhooks WHERE user_id NOT IN (SELECT id FROM users)")
     with op.batch_alter_table("webhooks") as batch:
         batch.drop_column("closed_at")
