@@ -486,31 +486,28 @@ def render(template: Path, values: dict[str, str]) -> str:
     return re.sub(r"\$\{([A-Z_][A-Z0-9_]*)\}", fill, template.read_text())
 
 
-def prepare_gateway() -> None:
-    conf, prefix = nginx_paths()
-    conf_dir, run_dir, log_dir = conf.parent, prefix / "run", STATE / "logs"
-    shutil.rmtree(conf_dir, ignore_errors=True)  # rendered afresh: no file of an older layout
-    for d in (conf_dir, run_dir, log_dir):
-        d.mkdir(parents=True, exist_ok=True)
+SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
+# The stand-in for a load balancer or an Ingress in front of the gateway: a client connecting
+# from this loopback address is a trusted proxy (tests bind it as their source address).
+TRUSTED_PROXIES = os.environ.get("IMAGEGATE_STACK_TRUSTED_PROXIES", "127.0.0.2/32").split()
+
+
+def trusted_proxy_values(proxies: list[str]) -> dict[str, str]:
+    """The two placeholders that carry the trusted proxies (nginx.conf.template)."""
+    return {
+        "REAL_IP_FROM": " ".join(f"set_real_ip_from {p};" for p in proxies),
+        "TRUSTED_PROXY_GEO": " ".join(f"{p} 1;" for p in proxies),
+    }
+
+
+def gateway_values(conf_dir: Path, run_dir: Path, log_dir: Path) -> dict[str, str]:
+    """Every placeholder of deploy/nginx/*.template for this stack."""
     from imagegate.tls import ensure_self_signed
 
     cert, key = ensure_self_signed(STATE / "tls")
-    openapi = STATE / "openapi.json"
-    openapi.write_text(
-        subprocess.run(
-            [*IMAGEGATE, "openapi", "--data-dir", str(STATE / "openapi-build")],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-    )
-    user_directive = ""
-    if os.geteuid() == 0:
-        user_directive = "user www-data;"
-        for d in (run_dir,):
-            run(["chown", "-R", "www-data", str(d)])
+    user_directive = "user www-data;" if os.geteuid() == 0 else ""
     servers = "server 127.0.0.1:{} max_fails=1 fail_timeout=3s;"
-    values = {
+    return {
         "NGINX_USER_DIRECTIVE": user_directive,
         "RUNTIME_DIR": str(run_dir),
         "LOG_DIR": str(log_dir),
@@ -519,6 +516,9 @@ def prepare_gateway() -> None:
         "UPLOADER_SERVERS": " ".join(servers.format(p) for p in UPLOADER_PORTS),
         "MINIO_SERVERS": f"server 127.0.0.1:{MINIO_PORT};",
         "MINIO_HOST": f"127.0.0.1:{MINIO_PORT}",
+        "S3_SCHEME": "http",
+        "S3_TLS_NAME": "localhost",
+        "S3_CA_FILE": SYSTEM_CA_FILE,
         "S3_BUCKET": BUCKET,
         "PLAIN_HTTP_SERVER": (
             f"server {{ listen 127.0.0.1:{PLAIN_PORT} reuseport; "
@@ -533,12 +533,37 @@ def prepare_gateway() -> None:
         "LOGIN_RATE": os.environ.get("IMAGEGATE_STACK_LOGIN_RATE", "20r/s"),
         "LOGIN_BURST": os.environ.get("IMAGEGATE_STACK_LOGIN_BURST", "40"),
         "AUTH_CACHE": os.environ.get("IMAGEGATE_STACK_AUTH_CACHE", "auth"),
-        "OPENAPI_FILE": str(openapi),
+        "OPENAPI_FILE": str(STATE / "openapi.json"),
+        **trusted_proxy_values(TRUSTED_PROXIES),
     }
+
+
+def write_gateway_config(conf_dir: Path, values: dict[str, str]) -> None:
+    """deploy/nginx rendered into ``conf_dir``: templates filled, other files copied."""
     source = ROOT / "deploy" / "nginx"
     for item in source.iterdir():
         target = conf_dir / item.name.removesuffix(".template")
         target.write_text(render(item, values) if item.suffix == ".template" else item.read_text())
+
+
+def prepare_gateway() -> None:
+    conf, prefix = nginx_paths()
+    conf_dir, run_dir, log_dir = conf.parent, prefix / "run", STATE / "logs"
+    shutil.rmtree(conf_dir, ignore_errors=True)  # rendered afresh: no file of an older layout
+    for d in (conf_dir, run_dir, log_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    values = gateway_values(conf_dir, run_dir, log_dir)
+    Path(values["OPENAPI_FILE"]).write_text(
+        subprocess.run(
+            [*IMAGEGATE, "openapi", "--data-dir", str(STATE / "openapi-build")],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    if os.geteuid() == 0:
+        run(["chown", "-R", "www-data", str(run_dir)])
+    write_gateway_config(conf_dir, values)
     run(["nginx", "-t", "-q", "-c", str(conf), "-p", str(prefix)])
 
 

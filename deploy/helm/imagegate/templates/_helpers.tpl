@@ -68,17 +68,46 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- if .Values.signingKey.existingSecret -}}{{ .Values.signingKey.existingSecret }}{{- else if .Values.signingKey.generate -}}{{ include "imagegate.fullname" . }}-signing-key{{- else -}}{{ fail "signingKey.existingSecret is required when signingKey.generate is false" }}{{- end -}}
 {{- end -}}
 
-{{/* The S3 endpoint as the gateway's upstream: host:port (http only). */}}
+{{/* The S3 endpoint's scheme: http or https. */}}
+{{- define "imagegate.s3Scheme" -}}
+{{- $u := urlParse (include "imagegate.s3Endpoint" .) -}}
+{{- if not (has $u.scheme (list "http" "https")) -}}{{ fail (printf "s3.endpoint must be http:// or https:// (got %q)" (include "imagegate.s3Endpoint" .)) }}{{- end -}}
+{{- $u.scheme -}}
+{{- end -}}
+
+{{/* The S3 endpoint as the gateway's upstream: host:port. */}}
 {{- define "imagegate.s3HostPort" -}}
 {{- $u := urlParse (include "imagegate.s3Endpoint" .) -}}
-{{- if ne $u.scheme "http" -}}{{ fail (printf "s3.endpoint must be http:// (got %s): the gateway proxies image downloads to it over plain HTTP (deploy/nginx/storage-proxy.conf.template); for an S3 reachable only over https see docs/kubernetes.md, \"S3, the MinIO operator or any S3\"" $u.scheme) }}{{- end -}}
-{{- if contains ":" $u.host -}}{{ $u.host }}{{- else -}}{{ $u.host }}:80{{- end -}}
+{{- $default := ternary "443" "80" (eq (include "imagegate.s3Scheme" .) "https") -}}
+{{- if contains ":" $u.host -}}{{ $u.host }}{{- else -}}{{ $u.host }}:{{ $default }}{{- end -}}
 {{- end -}}
 
 {{/* The Host header the gateway sends to S3: the one botocore signs the presigned URLs for,
 which leaves out the scheme's default port (http://minio:80 is signed for "minio"). */}}
 {{- define "imagegate.s3Host" -}}
-{{- include "imagegate.s3HostPort" . | trimSuffix ":80" -}}
+{{- $default := ternary ":443" ":80" (eq (include "imagegate.s3Scheme" .) "https") -}}
+{{- include "imagegate.s3HostPort" . | trimSuffix $default -}}
+{{- end -}}
+
+{{/* The name the gateway expects in S3's certificate (and sends as SNI). */}}
+{{- define "imagegate.s3TlsName" -}}
+{{- (urlParse (include "imagegate.s3Endpoint" .)).host | splitList ":" | first -}}
+{{- end -}}
+
+{{/* Trusted proxies in front of the gateway: the values, or the private ranges behind an
+Ingress. */}}
+{{- define "imagegate.trustedProxies" -}}
+{{- $p := .Values.gateway.trustedProxies -}}
+{{- if and (not $p) .Values.ingress.enabled -}}{{- $p = list "10.0.0.0/8" "172.16.0.0/12" "192.168.0.0/16" "fc00::/7" -}}{{- end -}}
+{{- join " " $p -}}
+{{- end -}}
+
+{{/* Each of .items formatted with .format, space-separated (NGINX directives from a list). */}}
+{{- define "imagegate.each" -}}
+{{- $f := .format -}}
+{{- $out := list -}}
+{{- range .items }}{{ $out = append $out (printf $f .) }}{{ end -}}
+{{- join " " $out -}}
 {{- end -}}
 
 {{/* The S3 port the NetworkPolicies allow: the pods' port after a Service's translation
@@ -116,6 +145,10 @@ imagegate's chmod of it fails (EPERM) as uid 10001. */}}
 - name: IMAGEGATE_S3_SECRET_KEY
   valueFrom:
     secretKeyRef: {name: {{ include "imagegate.s3Secret" .root }}, key: {{ $v.s3.secretKeyKey }}}
+{{- if $v.s3.caSecret }}
+- name: AWS_CA_BUNDLE  # botocore's CA bundle for an https S3 with a private CA
+  value: /etc/imagegate/s3-ca/ca.crt
+{{- end }}
 - name: IMAGEGATE_MIGRATE_ON_START
   value: "false"
 - name: IMAGEGATE_TRUSTED_PROXIES
@@ -207,4 +240,20 @@ topologySpreadConstraints:
         {{- include "imagegate.selector" $ | nindent 8 }}
 {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/* The S3 CA (s3.caSecret) for the services and jobs: a volume mount and its volume. */}}
+{{- define "imagegate.s3CaMount" -}}
+{{- if .Values.s3.caSecret -}}
+- {name: s3-ca, mountPath: /etc/imagegate/s3-ca, readOnly: true}
+{{- end -}}
+{{- end -}}
+{{- define "imagegate.s3CaVolume" -}}
+{{- if .Values.s3.caSecret -}}
+- name: s3-ca
+  secret:
+    secretName: {{ .Values.s3.caSecret }}
+    items:
+      - {key: {{ .Values.s3.caKey }}, path: ca.crt}
+{{- end -}}
 {{- end -}}
