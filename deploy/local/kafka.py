@@ -8,8 +8,10 @@ configuration, the users, topics and ACLs, and how to ask a node whether it is s
 - Users (SASL/SCRAM-SHA-512 on the client listener, created when a node's storage is
   formatted, so they exist before the first start): admin (super user), relay, worker, reader.
   The nodes talk to each other (replication, the KRaft quorum) as `node` over SASL/PLAIN.
-- Topics and ACLs are declared here and applied by `stack up` with the admin user: ACLs that
-  are not declared are removed, so the cluster grants exactly what this file says.
+- Topics and ACLs are applied by `stack up` with the admin user: the topics declared here, the
+  ACLs of src/imagegate/events/setup.py's `acls()` (the one definition, which
+  `imagegate events setup --acls` makes on any cluster). ACLs that are not declared are
+  removed, so the cluster grants exactly those.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
-    AclBinding,
     AclBindingFilter,
     AclOperation,
     AclPermissionType,
@@ -44,6 +45,9 @@ from confluent_kafka.admin import (
     ResourcePatternType,
     ResourceType,
 )
+
+from imagegate.events import setup as event_setup
+from imagegate.events.feed import GROUP_PREFIX
 
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA_DIR = ROOT / "deploy" / "kafka"
@@ -58,11 +62,11 @@ TOPICS = ("imagegate.accounts", "imagegate.images")
 # Kafka's own producer benchmark writes here (same layout as the real topics; admin only),
 # never into the topics the worker consumes.
 BENCH_TOPIC = "imagegate-bench"
-PARTITIONS = 6
-REPLICATION = 3
-MIN_INSYNC = 2
+PARTITIONS = event_setup.DEFAULT_PARTITIONS
+REPLICATION = event_setup.DEFAULT_REPLICATION
+MIN_INSYNC = event_setup.DEFAULT_MIN_INSYNC
 WORKER_GROUP = "imagegate-worker"
-REPLICA_GROUP_PREFIX = "imagegate-replica-"
+REPLICA_GROUP_PREFIX = GROUP_PREFIX
 HEAP = os.environ.get("IMAGEGATE_STACK_KAFKA_HEAP", "384m")
 
 
@@ -94,30 +98,11 @@ NODES = tuple(
 BOOTSTRAP = ",".join(f"{HOST}:{n.client_port}" for n in NODES)
 
 
-def _acl(user: str, kind: ResourceType, name: str, op: AclOperation, prefixed: bool = False) -> Any:
-    pattern = ResourcePatternType.PREFIXED if prefixed else ResourcePatternType.LITERAL
-    return AclBinding(kind, name, pattern, f"User:{user}", "*", op, AclPermissionType.ALLOW)
-
-
-T, G, C = ResourceType.TOPIC, ResourceType.GROUP, ResourceType.BROKER
 ACCOUNTS, IMAGES = TOPICS
-# What each service may do, and nothing else (no ACL = denied; admin is a super user).
-ACLS = (
-    *(
-        _acl("relay", T, t, op)
-        for t in TOPICS
-        for op in (AclOperation.WRITE, AclOperation.DESCRIBE)
-    ),
-    _acl("relay", C, "kafka-cluster", AclOperation.IDEMPOTENT_WRITE),
-    *(
-        _acl("worker", T, t, op)
-        for t in TOPICS
-        for op in (AclOperation.READ, AclOperation.DESCRIBE)
-    ),
-    _acl("worker", G, WORKER_GROUP, AclOperation.READ),
-    _acl("reader", T, ACCOUNTS, AclOperation.READ),
-    _acl("reader", T, ACCOUNTS, AclOperation.DESCRIBE),
-    _acl("reader", G, REPLICA_GROUP_PREFIX, AclOperation.READ, prefixed=True),
+# What each service may do, and nothing else (no ACL = denied; admin is a super user). Defined
+# once, in the product (`imagegate events setup --acls` makes the same ones on any cluster).
+ACLS = event_setup.acls(
+    ACCOUNTS, IMAGES, relay="relay", worker="worker", reader="reader", worker_group=WORKER_GROUP
 )
 
 

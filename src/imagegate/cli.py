@@ -22,6 +22,7 @@ from imagegate.db import queries
 from imagegate.db.engine import create_engine, create_sessionmaker, is_sqlite
 from imagegate.db.migrate import upgrade
 from imagegate.errors import AppError, Conflict
+from imagegate.events import setup as event_setup
 from imagegate.runtime import build_storage, prepare_data_dir, signing_key_path
 from imagegate.security.accounts import create_account, delete_account
 from imagegate.security.keys import load_or_create_signing_key, public_pem
@@ -278,7 +279,160 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     _common(up)
+
+    events_sub = _actions(
+        sub,
+        "events",
+        "set up Kafka for the events",
+        "imagegate events setup --acls --relay-user relay --worker-user worker "
+        "--reader-user reader",
+    )
+    setup = _command(
+        events_sub,
+        "setup",
+        "create the event topics on Kafka and, with --acls, the services' ACLs",
+        "IMAGEGATE_KAFKA_BOOTSTRAP=kafka-1:9092 IMAGEGATE_KAFKA_USERNAME=admin \\\n"
+        "    IMAGEGATE_KAFKA_PASSWORD=... imagegate events setup",
+        "imagegate events setup --bootstrap kafka-1:9092 --username admin \\\n"
+        "    --password-file /run/secrets/kafka-admin --acls \\\n"
+        "    --relay-user relay --worker-user worker --reader-user reader",
+        "imagegate events setup --partitions 12 --grow-partitions   # more partitions",
+        description=(
+            "Create the event topics <prefix>.accounts and <prefix>.images on a Kafka\n"
+            "cluster (MSK, Confluent, your own) and, with --acls, the ACLs of the services'\n"
+            "Kafka users: the relay writes both topics, the worker reads them in its group\n"
+            "(IMAGEGATE_KAFKA_CONSUMER_GROUP), the reader (security and uploader) reads\n"
+            "<prefix>.accounts in groups imagegate-replica-*. Run it once with an\n"
+            "administrator's credentials, before the relay and the worker start.\n"
+            "\n"
+            "It connects with the IMAGEGATE_KAFKA_* settings (bootstrap, security protocol,\n"
+            "SASL mechanism, CA file, username, password); the flags below override them.\n"
+            "Existing topics are reported and left as they are (their partitions grow only\n"
+            "with --grow-partitions); existing ACLs are kept, other users' too. Running it\n"
+            "again changes nothing. Exit status 1, with a one-line error, when Kafka is\n"
+            "unreachable or the user may not do something."
+        ),
+    )
+    setup.add_argument(
+        "--bootstrap", metavar="SERVERS", help="brokers, host:port,... (IMAGEGATE_KAFKA_BOOTSTRAP)"
+    )
+    setup.add_argument(
+        "--username",
+        metavar="NAME",
+        help="the administrator's Kafka user (IMAGEGATE_KAFKA_USERNAME)",
+    )
+    setup.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="read its password from the first line of FILE, '-' for standard input "
+        "(IMAGEGATE_KAFKA_PASSWORD)",
+    )
+    setup.add_argument(
+        "--topic-prefix",
+        metavar="PREFIX",
+        help="topics <PREFIX>.accounts and <PREFIX>.images (IMAGEGATE_KAFKA_TOPIC_PREFIX)",
+    )
+    layout = setup.add_argument_group("new topics")
+    layout.add_argument(
+        "--partitions",
+        type=int,
+        default=event_setup.DEFAULT_PARTITIONS,
+        metavar="N",
+        help="partitions of each topic: at most this many workers share the work "
+        "(default: %(default)s)",
+    )
+    layout.add_argument(
+        "--replication-factor",
+        type=int,
+        default=event_setup.DEFAULT_REPLICATION,
+        metavar="N",
+        help="copies of each partition, on different brokers (default: %(default)s)",
+    )
+    layout.add_argument(
+        "--min-insync-replicas",
+        type=int,
+        default=event_setup.DEFAULT_MIN_INSYNC,
+        metavar="N",
+        help="copies a write needs before it is acknowledged (default: %(default)s)",
+    )
+    layout.add_argument(
+        "--grow-partitions",
+        action="store_true",
+        help="add partitions to an existing topic that has fewer than --partitions (an "
+        "account's new events then go to another partition than its old ones)",
+    )
+    access = setup.add_argument_group("ACLs")
+    access.add_argument(
+        "--acls", action="store_true", help="also create the ACLs of the three users below"
+    )
+    access.add_argument("--relay-user", metavar="NAME", help="the relay's Kafka user")
+    access.add_argument("--worker-user", metavar="NAME", help="the worker's Kafka user")
+    access.add_argument(
+        "--reader-user", metavar="NAME", help="the Kafka user of security and uploader"
+    )
+    access.add_argument(
+        "--worker-group",
+        metavar="GROUP",
+        help="the worker's group (IMAGEGATE_KAFKA_CONSUMER_GROUP)",
+    )
+    setup.add_argument(
+        "--timeout",
+        type=float,
+        default=event_setup.CONNECT_TIMEOUT_SECONDS,
+        metavar="SECONDS",
+        help="how long to wait for the cluster to answer (default: %(default)g)",
+    )
+    setup.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        metavar="LEVEL",
+        help=f"{', '.join(LOG_LEVELS)} (default: warning)",
+    )
     return parser
+
+
+def _events_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings 'events setup' takes from its flags (None: the environment's)."""
+    password, source = None, args.password_file
+    if source == "-":
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif source:
+        try:
+            with open(source, encoding="utf-8") as f:
+                password = f.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise SystemExit(f"error: cannot read the password file: {exc}") from None
+    return {
+        "kafka_bootstrap": args.bootstrap,
+        "kafka_username": args.username,
+        "kafka_password": password,
+        "kafka_topic_prefix": args.topic_prefix,
+        "kafka_consumer_group": args.worker_group,
+    }
+
+
+def _events_setup(settings: Settings, args: argparse.Namespace) -> None:
+    principals = None
+    if args.acls:
+        users = {"--relay-user": args.relay_user, "--worker-user": args.worker_user}
+        users["--reader-user"] = args.reader_user
+        absent = [flag for flag, name in users.items() if not name]
+        if absent:
+            raise SystemExit(f"error: --acls needs {', '.join(absent)}")
+        principals = (args.relay_user, args.worker_user, args.reader_user)
+    options = event_setup.Options(
+        partitions=args.partitions,
+        replication=args.replication_factor,
+        min_insync=args.min_insync_replicas,
+        grow_partitions=args.grow_partitions,
+        principals=principals,
+        connect_timeout=args.timeout,
+    )
+    try:
+        event_setup.setup(settings, options, say=lambda line: print(line, flush=True))
+    except event_setup.SetupError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -296,6 +450,8 @@ def _settings(args: argparse.Namespace) -> Settings:
             "tls_cert": args.cert,
             "tls_key": args.key,
         }
+    if args.command == "events":
+        flags |= _events_flags(args)
     try:
         return load_settings(**flags)
     except ValidationError as exc:
@@ -452,6 +608,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"database schema is up to date (revision {after})")
             else:
                 print(f"database schema upgraded from {before or 'empty'} to revision {after}")
+        elif args.command == "events":
+            _events_setup(settings, args)
         elif args.command == "tls":
             hosts = tuple(args.host) or ("localhost",)
             cert_path, key_path = ensure_self_signed(Path(args.folder), hosts)

@@ -650,15 +650,15 @@ def s3_ports(r: Rendered, s3_to: list[Any]) -> dict[str, list[int]]:
 
 @pytest.mark.parametrize(
     ("args", "port"),
-    [([], 9000), (["--set", "s3.podPort=9443"], 9443), (["--set", "s3.podPort="], 80)],
+    [([], 9000), (["--set", "s3.podPort=9443"], 9443), (["--set", "s3.podPort="], 443)],
 )
 def test_s3_egress_is_the_pods_port_not_the_urls(
     template: Callable[..., subprocess.CompletedProcess[str]], args: list[str], port: int
 ) -> None:
     """NetworkPolicies match the port after a Service's translation: a MinIO Tenant's Service
-    listens on 80 (the endpoint URL's port) and sends to its pods' 9000."""
+    listens on 443 (the endpoint URL's port) and sends to its pods' 9000."""
     values = yaml.safe_load((CHART / "ci" / "production-values.yaml").read_text())
-    assert urlsplit(values["s3"]["endpoint"]).port == 80
+    assert urlsplit(values["s3"]["endpoint"]).port == 443
     proc = template(*VALUE_SETS["production"], *args)
     assert proc.returncode == 0, proc.stderr
     r = Rendered("production", [d for d in yaml.safe_load_all(proc.stdout) if d])
@@ -693,6 +693,9 @@ def sigv4_query_valid(url: str, host: str, secret_key: str) -> bool:
         ("http://minio:9000", "minio:9000"),
         ("http://minio", "minio"),
         ("http://10.1.2.3:8080", "10.1.2.3:8080"),
+        ("https://minio.storage.svc.cluster.local:443", "minio.storage.svc.cluster.local"),
+        ("https://s3.example.com", "s3.example.com"),
+        ("https://s3.example.com:9443", "s3.example.com:9443"),
     ],
 )
 def test_the_gateway_sends_the_host_the_urls_are_signed_for(
@@ -721,11 +724,16 @@ def test_the_gateway_sends_the_host_the_urls_are_signed_for(
     )
     assert gw["MINIO_HOST"]["value"] == host
     assert sigv4_query_valid(url, host, secret)
-    # The check tells Hosts apart: the endpoint's host:port is refused when the port is 80.
-    with_port = f"{urlsplit(endpoint).hostname}:{urlsplit(endpoint).port or 80}"
+    # The check tells Hosts apart: the endpoint's host:port is refused when the port is the
+    # scheme's default.
+    default = 443 if endpoint.startswith("https") else 80
+    with_port = f"{urlsplit(endpoint).hostname}:{urlsplit(endpoint).port or default}"
     assert sigv4_query_valid(url, with_port, secret) is (with_port == host)
     # The upstream itself keeps its port (NGINX's default would be 80 anyway).
     assert re.fullmatch(r"server [^ ;]+:\d+;", gw["MINIO_SERVERS"]["value"])
+    # ...and is reached with the endpoint's scheme, its certificate checked for its host name.
+    assert gw["S3_SCHEME"]["value"] == urlsplit(endpoint).scheme
+    assert gw["S3_TLS_NAME"]["value"] == urlsplit(endpoint).hostname
 
 
 def test_secrets_come_from_existing_secrets(rendered: dict[str, Rendered]) -> None:
@@ -774,10 +782,59 @@ def test_ingress_and_tls(rendered: dict[str, Rendered]) -> None:
     assert not rendered["default"].kind("Ingress")
 
 
+def gateway_env(r: Rendered) -> dict[str, str]:
+    pod = r.one("Deployment", "-gateway")["spec"]["template"]["spec"]
+    return {k: str(e["value"]) for k, e in env_of(pod["containers"][-1]).items()}
+
+
+@pytest.mark.parametrize(
+    ("args", "proxies"),
+    [
+        ([], []),
+        (["--set", "ingress.enabled=true"], ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]),
+        (
+            ["--set", "ingress.enabled=true", "--set", "gateway.trustedProxies={10.9.0.0/16}"],
+            ["10.9.0.0/16"],
+        ),
+    ],
+)
+def test_the_gateway_believes_only_the_proxies_in_front_of_it(
+    template: Callable[..., subprocess.CompletedProcess[str]], args: list[str], proxies: list[str]
+) -> None:
+    """Behind an Ingress the client's address and scheme come from the Ingress's headers (so
+    the /metrics allow-list and the rate limits see the client); nobody else's are believed."""
+    proc = template(*args)
+    assert proc.returncode == 0, proc.stderr
+    env = gateway_env(Rendered("x", [d for d in yaml.safe_load_all(proc.stdout) if d]))
+    found = re.findall(r"set_real_ip_from (\S+);", env["REAL_IP_FROM"])
+    assert found[: len(proxies)] == proxies and set(found) - set(proxies) <= {"fc00::/7"}
+    assert re.findall(r"(\S+) 1;", env["TRUSTED_PROXY_GEO"]) == found
+    assert env["REAL_IP_FROM"].replace("set_real_ip_from ", "").replace(";", "").split() == found
+
+
+def test_a_private_s3_ca_reaches_the_gateway_and_every_s3_client(
+    rendered: dict[str, Rendered],
+) -> None:
+    r = rendered["production"]
+    assert gateway_env(r)["S3_CA_FILE"] == "/etc/nginx/s3-ca/ca.crt"
+    users = [r.one("Deployment", f"-{role}") for role in ("gateway", "uploader", "worker")]
+    users += [r.one("Job", f"-{job}") for job in ("migrate", "storage-init")]
+    for deployment in users:
+        pod = deployment["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["s3-ca"]["secret"]["secretName"] == "images-tenant-ca"
+        container = pod["containers"][-1]
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "s3-ca")
+        if container["name"] != "nginx":  # botocore reads AWS_CA_BUNDLE
+            path = env_of(container)["AWS_CA_BUNDLE"]["value"]
+            assert path == f"{mount['mountPath']}/ca.crt"
+    assert gateway_env(rendered["default"])["S3_CA_FILE"] == "/etc/ssl/certs/ca-certificates.crt"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--set", "s3.endpoint=https://s3.amazonaws.com"], "must be http:// (got https)"),
+        (["--set", "s3.endpoint=ftp://s3.example.com"], "must be http:// or https://"),
         (["--set", "postgresql.existingSecret="], "postgresql.existingSecret is required"),
         (["--set", "signingKey.generate=false"], "signingKey.existingSecret is required"),
     ],
@@ -874,6 +931,10 @@ def test_gateway_config_passes_nginx_t(
     Path(env["TLS_CERT"]).parent.mkdir(parents=True)
     shutil.copy(cert, env["TLS_CERT"])
     shutil.copy(key, env["TLS_KEY"])
+    if env["S3_CA_FILE"].startswith("/etc/nginx/"):  # s3.caSecret, mounted in the pod
+        env["S3_CA_FILE"] = f"{tmp_path}{env['S3_CA_FILE']}"
+        Path(env["S3_CA_FILE"]).parent.mkdir(parents=True)
+        shutil.copy(cert, env["S3_CA_FILE"])
     for fname, text in cm.items():
         out = envsubst(text, env) if fname.endswith(".template") else text
         (Path(env["CONF_DIR"]) / fname.removesuffix(".template")).write_text(out)
@@ -899,3 +960,246 @@ def test_the_generated_signing_key_is_one_imagegate_loads(
     key = load_or_create_signing_key(pem)
     assert key.curve.name == "secp256r1"
     assert pem.read_bytes() == before  # loaded, not replaced
+
+
+# --- kafka.setup: `imagegate events setup` as a hook Job, for a plain Kafka ---------------------
+
+# Production values with a plain Kafka instead of Strimzi (the same users, SASL_SSL, the CA).
+KAFKA_SETUP = [
+    *VALUE_SETS["production"],
+    "--set", "kafka.strimzi.enabled=false",
+    "--set", "kafka.setup.enabled=true",
+    "--set", "kafka.setup.existingSecret=kafka-admin",
+]  # fmt: skip
+
+
+def _render(
+    template: Callable[..., subprocess.CompletedProcess[str]], *args: str, kube: str | None = None
+) -> Rendered:
+    proc = template(*args, kube=kube)
+    assert proc.returncode == 0, proc.stderr
+    return Rendered(
+        "kafka-setup", [d for d in yaml.load_all(proc.stdout, Loader=_StrictLoader) if d]
+    )
+
+
+@pytest.fixture(scope="module")
+def kafka_setup(template: Callable[..., subprocess.CompletedProcess[str]]) -> Rendered:
+    return _render(template, *KAFKA_SETUP)
+
+
+def _setup_job(r: Rendered) -> dict[str, Any]:
+    return r.one("Job", "-kafka-setup")
+
+
+def test_kafka_setup_job_runs_events_setup_with_the_values(kafka_setup: Rendered) -> None:
+    from imagegate.cli import _parser
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["kafka"]
+    production = yaml.safe_load((CHART / "ci" / "production-values.yaml").read_text())["kafka"]
+    c = _setup_job(kafka_setup)["spec"]["template"]["spec"]["containers"][0]
+    args = _parser().parse_args(c["args"])  # the real command line, as the pod runs it
+    assert (args.command, args.events_command) == ("events", "setup")
+    topics = values["topics"]
+    assert (args.partitions, args.replication_factor, args.min_insync_replicas) == (
+        topics["partitions"],
+        topics["replicas"],
+        topics["minInsyncReplicas"],
+    )
+    assert args.acls and not args.grow_partitions
+    users = production["users"]
+    assert (args.relay_user, args.worker_user, args.reader_user) == (
+        users["relay"]["username"],
+        users["worker"]["username"],
+        users["reader"]["username"],
+    )
+
+
+def test_kafka_setup_connects_as_the_services_do_with_the_admin_secret(
+    kafka_setup: Rendered,
+) -> None:
+    pod = _setup_job(kafka_setup)["spec"]["template"]["spec"]
+    env = env_of(pod["containers"][0])
+    assert env["IMAGEGATE_KAFKA_USERNAME"]["valueFrom"]["secretKeyRef"] == {
+        "name": "kafka-admin",
+        "key": "username",
+    }
+    assert env["IMAGEGATE_KAFKA_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "kafka-admin",
+        "key": "password",
+    }
+    relay = env_of(
+        kafka_setup.one("Deployment", "-relay")["spec"]["template"]["spec"]["containers"][0]
+    )
+    for name in (
+        "IMAGEGATE_KAFKA_BOOTSTRAP",
+        "IMAGEGATE_KAFKA_SECURITY_PROTOCOL",
+        "IMAGEGATE_KAFKA_SASL_MECHANISM",
+        "IMAGEGATE_KAFKA_TOPIC_PREFIX",
+        "IMAGEGATE_KAFKA_CONSUMER_GROUP",
+        "IMAGEGATE_KAFKA_CA_FILE",
+    ):
+        assert env[name]["value"] == relay[name]["value"], name
+    # The CA file the setting names is the cluster CA Secret, mounted.
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "kafka-ca")
+    assert env["IMAGEGATE_KAFKA_CA_FILE"]["value"] == f"{mount['mountPath']}/ca.crt"
+    ca = next(v for v in pod["volumes"] if v["name"] == "kafka-ca")["secret"]
+    assert ca["secretName"] == "events-cluster-ca-cert"
+    # Kafka only: no database URL, no S3 keys, no signing key in this pod.
+    assert not {n for n in env if "DATABASE" in n or n.startswith("IMAGEGATE_S3_")}
+    assert {v["name"] for v in pod["volumes"]} == {"data", "tmp", "kafka-ca"}
+    assert not secret_leaks(kafka_setup)
+
+
+def test_kafka_setup_is_a_hook_after_the_migration_and_the_bucket(kafka_setup: Rendered) -> None:
+    jobs = {j["metadata"]["name"].split("imagegate-", 1)[1]: j for j in kafka_setup.kind("Job")}
+    assert set(jobs) == {"migrate", "storage-init", "kafka-setup"}
+    notes = {name: j["metadata"]["annotations"] for name, j in jobs.items()}
+    setup = notes["kafka-setup"]
+    # The same hooks as the other one-time work: before any pod of the release (pre-install,
+    # pre-upgrade), so the relay and the worker start with their topics and ACLs in place.
+    assert set(setup["helm.sh/hook"].split(",")) == HOOKS["production"]
+    assert setup["helm.sh/hook"] == notes["migrate"]["helm.sh/hook"]
+    assert setup["helm.sh/hook-delete-policy"] == notes["migrate"]["helm.sh/hook-delete-policy"]
+    weights = {name: int(n["helm.sh/hook-weight"]) for name, n in notes.items()}
+    assert weights["migrate"] < weights["storage-init"] < weights["kafka-setup"]
+
+
+def test_kafka_setup_pod_is_hardened_like_the_other_hooks(kafka_setup: Rendered) -> None:
+    setup = _setup_job(kafka_setup)["spec"]
+    migrate = kafka_setup.one("Job", "-migrate")["spec"]
+    for key in ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"):
+        assert setup[key] == migrate[key], key
+    pod, ref = setup["template"]["spec"], migrate["template"]["spec"]
+    for key in ("securityContext", "automountServiceAccountToken", "restartPolicy"):
+        assert pod[key] == ref[key], key
+    c, rc = pod["containers"][0], ref["containers"][0]
+    for key in ("image", "securityContext", "resources"):
+        assert c[key] == rc[key], key
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (where, data_dir, mounts) = next(d for d in data_dirs(kafka_setup) if "-kafka-setup/" in d[0])
+    assert any(data_dir.startswith(f"{m}/") for m in mounts), where
+
+
+def test_kafka_setup_pod_may_reach_dns_and_kafka_only(kafka_setup: Rendered) -> None:
+    production = yaml.safe_load((CHART / "ci" / "production-values.yaml").read_text())
+    policies = policies_of(kafka_setup)
+    policy = policies["kafka-setup"]
+    labels = _setup_job(kafka_setup)["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["spec"]["ingress"] == []
+    egress = policy["spec"]["egress"]
+    assert egress[0] == {
+        "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
+    }
+    assert egress[1:] == [
+        {
+            "to": production["networkPolicy"]["kafkaTo"],
+            "ports": [{"port": p, "protocol": "TCP"} for p in production["kafka"]["ports"]],
+        }
+    ]
+    # The relay reaches Kafka by the same rule (the same brokers, the same ports).
+    assert egress[1] in policies["relay"]["spec"]["egress"]
+
+
+@pytest.mark.parametrize("kube", kube_versions())
+def test_kafka_setup_manifests_match_the_api_schemas(
+    template: Callable[..., subprocess.CompletedProcess[str]], kube: str
+) -> None:
+    r = _render(template, *KAFKA_SETUP, kube=kube)
+    checked = set()
+    for doc in r.docs:
+        try:
+            kubernetes_validate.validate(doc, kube, strict=True)
+        except kubernetes_validate.SchemaNotFoundError:
+            assert doc["kind"] in CUSTOM_KINDS, f"no schema for {doc['kind']}"
+            continue
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"kafka-setup on {kube}: {doc['kind']} {doc['metadata']['name']}: {exc}")
+        checked.add((doc["kind"], doc["metadata"]["name"]))
+    assert {("Job", "imagegate-kafka-setup"), ("NetworkPolicy", "imagegate-kafka-setup")} <= checked
+    assert not r.kind("KafkaTopic") and not r.kind("KafkaUser")
+
+
+def test_kafka_setup_lints(helm: Path) -> None:
+    lint = [str(helm), "lint", "--strict", str(CHART), "--kube-version", kube_versions()[-1]]
+    proc = subprocess.run(
+        [*lint, *KAFKA_SETUP],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_kafka_topics_values_shape_both_the_job_and_strimzi(
+    template: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    layout = ["--set", "kafka.topics.partitions=12", "--set", "kafka.topics.replicas=5"]
+    layout += ["--set", "kafka.topics.minInsyncReplicas=3"]
+    job = _render(
+        template,
+        *KAFKA_SETUP,
+        *layout,
+        "--set", "kafka.setup.acls=false",
+        "--set", "kafka.setup.growPartitions=true",
+    )  # fmt: skip
+    args = _setup_job(job)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args == [
+        "events", "setup", "--partitions", "12", "--replication-factor", "5",
+        "--min-insync-replicas", "3", "--grow-partitions",
+    ]  # fmt: skip
+    strimzi = _render(template, *VALUE_SETS["production"], *layout)
+    for topic in strimzi.kind("KafkaTopic"):
+        spec = topic["spec"]
+        assert (spec["partitions"], spec["replicas"]) == (12, 5)
+        assert spec["config"]["min.insync.replicas"] == 3
+    assert len(strimzi.kind("KafkaTopic")) == 2
+    assert not [j for j in strimzi.kind("Job") if j["metadata"]["name"].endswith("-kafka-setup")]
+
+
+def test_kafka_setup_without_sasl_needs_no_secret(
+    template: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    r = _render(
+        template,
+        "-f", str(CHART / "values-dev.yaml"),
+        "--set", "kafka.setup.enabled=true",
+        "--set", "kafka.setup.acls=false",
+    )  # fmt: skip
+    job = _setup_job(r)
+    env = env_of(job["spec"]["template"]["spec"]["containers"][0])
+    assert env["IMAGEGATE_KAFKA_SECURITY_PROTOCOL"]["value"] == "PLAINTEXT"
+    assert "IMAGEGATE_KAFKA_USERNAME" not in env and "IMAGEGATE_KAFKA_PASSWORD" not in env
+    assert "--acls" not in job["spec"]["template"]["spec"]["containers"][0]["args"]
+    # values-dev: after the chart's own Kafka exists, like the other hooks.
+    assert set(job["metadata"]["annotations"]["helm.sh/hook"].split(",")) == HOOKS["dev"]
+
+
+def test_kafka_setup_is_off_by_default(rendered: dict[str, Rendered]) -> None:
+    for name, r in rendered.items():
+        assert not [j for j in r.kind("Job") if j["metadata"]["name"].endswith("-kafka-setup")]
+        assert "kafka-setup" not in policies_of(r), name
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            [*VALUE_SETS["production"], "--set", "kafka.setup.enabled=true"],
+            "kafka.setup.enabled and kafka.strimzi.enabled exclude each other",
+        ),
+        (
+            ["--set", "kafka.setup.enabled=true"],
+            "kafka.setup.existingSecret is required",
+        ),
+    ],
+    ids=["with-strimzi", "sasl-without-secret"],
+)
+def test_kafka_setup_bad_values_are_refused_with_a_message(
+    template: Callable[..., subprocess.CompletedProcess[str]], args: list[str], message: str
+) -> None:
+    proc = template(*args)
+    assert proc.returncode != 0
+    assert message in proc.stderr
