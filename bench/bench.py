@@ -1,6 +1,6 @@
 """imagegate benchmarks: every number next to the ceiling it could reach, measured in one run.
 
-    bench/run [--quick] [--json FILE] [--only limits|feed|events]
+    bench/run [--quick] [--json FILE] [--only limits|feed|events|serving|variants]
 
 Load comes from wrk (Debian's), one thread, driven by Lua scripts; its own ceiling is the NGINX
 static baseline. Targets: embedded mode (`imagegate serve`) and the local production stack
@@ -15,10 +15,15 @@ purpose (``rejections``). The connection limits' rows (``--only limits`` runs ju
 embedded mode before them (commit BEFORE_LIMITS, unpacked by ``git archive``) with the working
 tree, in alternating rounds. The account feed's rows (``--only feed``; bench/account_feed.py)
 compare the security replicas checking accounts in the database and in memory, alternating
+rounds. The serving rows (``--only serving`` runs just those, no stack) compare embedded mode
+serving stored 20 KB and 100 KB images with NGINX serving the same bytes from disk, alternating
 rounds. The event rows (``--only events`` runs just those; bench/events.py)
 time events from their commit to a webhook's arrival at 200 events/s, and one relay draining an
 outbox backlog next to Kafka's own producer benchmark; every event must arrive (``lossless``:
-no error budget).
+no error budget). The variant rows (``--only variants``; bench/variants.py) compare making a
+12 MP photo's variants with a bare Pillow loop, report a variant job's memory and the thumb's
+bytes, uploads before and after variants, and a thumb GET (embedded, and through the gateway)
+with NGINX static of the same bytes.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import account_feed  # noqa: E402  (bench/account_feed.py: this folder is on sys.path when run)
 import events  # noqa: E402  (bench/events.py, likewise)
+import variants  # noqa: E402  (bench/variants.py, likewise)
 
 from imagegate.settings import Settings  # noqa: E402
 from imagegate.uploader.pool import CodecPool  # noqa: E402
@@ -242,6 +248,7 @@ IMAGES: dict[str, bytes] = {}
 def make_images() -> None:
     IMAGES["1mp"] = encode(photo(1155, 866), "JPEG", quality=92)
     IMAGES["12mp"] = encode(photo(4000, 3000), "JPEG", quality=92)
+    IMAGES["20kb"] = noise_png(82)  # about 20 KB: a thumbnail
     IMAGES["100kb"] = noise_png(180)  # about 100 KB
     IMAGES["5mb"] = noise_png(1290)  # about 5 MB
 
@@ -607,6 +614,9 @@ def run(b: Bench, only: str = "all") -> None:
     if only == "limits":
         limits_before_after(b)
         return
+    if only == "serving":
+        serving_rows(b)
+        return
     # Every part below needs the stack (the events rows too).
     stack = stack_module()
     stack_was_up = (
@@ -629,6 +639,8 @@ def run(b: Bench, only: str = "all") -> None:
                 run_with_stack(b, stack, framework)
         if only in ("all", "feed"):
             feed_rows(b, stack)
+        if only in ("all", "variants"):
+            variants.variant_rows(b, sys.modules[__name__], stack)
         if only in ("all", "events"):
             event_rows(b, stack)  # last: its relay rounds leave the workers a backlog to handle
     finally:
@@ -732,6 +744,90 @@ def event_rows(b: Bench, stack: ModuleType) -> None:
 
 # The last commit before embedded mode's connection limits (server.py, middleware.BodyTimeout).
 BEFORE_LIMITS = "ba1fce3"
+
+
+STATIC_NGINX = """
+{user}
+worker_processes auto;
+pid {run}/nginx.pid;
+error_log {run}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    sendfile on; tcp_nopush on; keepalive_timeout 65s; keepalive_requests 100000;
+    client_body_temp_path {run}/body; proxy_temp_path {run}/proxy;
+    fastcgi_temp_path {run}/fcgi; uwsgi_temp_path {run}/uwsgi; scgi_temp_path {run}/scgi;
+    access_log {run}/access.log;
+    server {{ listen 127.0.0.1:{port} reuseport; root {static_dir}; }}
+}}
+"""
+
+
+@contextmanager
+def static_nginx(work: Path, files: dict[str, bytes]) -> Iterator[str]:
+    """NGINX serving ``files`` from disk as the static baseline of ``baseline_nginx`` does
+    (sendfile, reuseport, access log on); yields its base URL. Needs no stack."""
+    run_dir, static_dir = work / "run", work / "static"
+    for d in (run_dir, static_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (static_dir / name).write_bytes(data)
+    user = ""
+    if os.geteuid() == 0:
+        user = "user www-data;"
+        shutil.chown(run_dir, "www-data")
+        for folder in (work.parent, work):  # nginx workers (www-data) read the files
+            os.chmod(folder, 0o755)  # noqa: S103
+    port = free_port()
+    conf = work / "nginx.conf"
+    conf.write_text(STATIC_NGINX.format(user=user, run=run_dir, port=port, static_dir=static_dir))
+    cmd = ["nginx", "-c", str(conf), "-p", str(work), "-g", "daemon off;"]
+    url = f"http://127.0.0.1:{port}"
+    with process(cmd, f"{url}/{next(iter(files))}"):
+        yield url
+
+
+def serving_rows(b: Bench, server: ServerProcess | None = None) -> None:
+    """Stored images of 20 KB (a thumbnail) and 100 KB from embedded mode, public and owner
+    routes, next to NGINX serving the same bytes from disk: three runs per size in alternating
+    rounds (the ratio of two blocks taken apart is mostly the machine's noise). ``server`` is
+    the full run's embedded server; alone (``--only serving``) one is started here."""
+    started = server is None
+    if server is None:
+        (b.work / "serving").mkdir()
+        server = ServerProcess(b.work / "serving" / "data").start()
+    try:
+        base = server.base_url
+        with httpx.Client(base_url=base, timeout=60) as c:
+            token = login(c)
+            public = {k: upload(c, token, IMAGES[k]) for k in ("20kb", "100kb")}
+            private = {k: upload(c, token, IMAGES[k], "private") for k in ("20kb", "100kb")}
+            files = {f"{k}.png": c.get(f"/images/{name}").content for k, name in public.items()}
+        auth = {"Authorization": f"Bearer {token}"}
+
+        def run(url: str, headers: dict[str, str] | None = None) -> Callable[[int], Load]:
+            return lambda s: b.wrk(url, headers=headers, duration=s)
+
+        with static_nginx(b.work / "serving-nginx", files) as static:
+            for size in ("20kb", "100kb"):
+                mib = len(files[f"{size}.png"]) / 2**20
+                ceiling, pub, own = b.alternating(
+                    run(f"{static}/{size}.png"),
+                    run(f"{base}/images/{public[size]}"),
+                    run(f"{base}/v1/user/{private[size]}", auth),
+                )
+                goal = " (goal ≥ 0.25)" if size == "20kb" else ""
+                static_row = f"NGINX static {size}, alternating"
+                b.add(static_row, "baseline", "MiB/s", ceiling.rps * mib, load=ceiling)
+                for scenario, load in (
+                    (f"public download {size}, alternating{goal}", pub),
+                    (f"owner download {size}, alternating", own),
+                ):
+                    b.add(
+                        scenario, "embedded", "MiB/s", load.rps * mib, ceiling.rps * mib, load=load
+                    )
+    finally:
+        if started:
+            server.stop()
 
 
 def source_at(commit: str, work: Path) -> Path | None:
@@ -990,6 +1086,7 @@ def run_with_stack(b: Bench, stack: object, framework: str) -> None:
             embedded_ceilings,
             framework,
         )
+        serving_rows(b, server)
     finally:
         server.stop()
     limits_before_after(b)
@@ -1003,10 +1100,11 @@ def main(argv: list[str] | None = None, *, on_row: Callable[[Row], None] | None 
     parser.add_argument("--json", type=Path, help="write the rows as JSON to this file")
     parser.add_argument(
         "--only",
-        choices=("all", "limits", "feed", "events"),
+        choices=("all", "limits", "feed", "events", "serving", "variants"),
         default="all",
         help="limits: only the connection limits' rows (embedded, no stack); events: only the "
-        "event rows (stack)",
+        "event rows (stack); serving: only embedded small-image downloads against NGINX static "
+        "(no stack); variants: only the variant rows (bench/variants.py; stack)",
     )
     args = parser.parse_args(argv)
     start = time.monotonic()

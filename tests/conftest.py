@@ -30,15 +30,24 @@ class Target:
         return httpx.Client(base_url=self.base_url, verify=self.verify, timeout=60, **kwargs)
 
     def stored_files(self) -> set[str] | None:
-        """Names of stored image files and temp files, when the storage is a local folder."""
+        """Names of stored originals and temp files, when the storage is a local folder.
+        Variants (``<uuid>.<key>.<ext>``, made in the background after each upload) are left
+        out: see ``variant_files``."""
         if self.data_dir is None:
             return None
         names = set()
         for sub in ("images", "tmp"):
             folder = self.data_dir / sub
             if folder.exists():
-                names |= {f"{sub}/{p.name}" for p in folder.iterdir()}
+                names |= {f"{sub}/{p.name}" for p in folder.iterdir() if p.name.count(".") < 2}
         return names
+
+    def variant_files(self, image_name: str) -> set[str] | None:
+        """The stored variants of one image, when the storage is a local folder."""
+        if self.data_dir is None:
+            return None
+        stem = image_name.partition(".")[0]
+        return {p.name for p in (self.data_dir / "images").glob(f"{stem}.*.*")}
 
 
 @pytest.fixture(scope="session")

@@ -500,6 +500,13 @@ def trusted_proxy_values(proxies: list[str]) -> dict[str, str]:
     }
 
 
+def owner_cache_dir() -> Path:
+    """The gateway's owner-read cache (whole tokens in its keys): in memory where possible."""
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() else STATE / "nginx"
+    return base / f"imagegate-stack-{PLAIN_PORT}" / "owner-cache"
+
+
 def gateway_values(conf_dir: Path, run_dir: Path, log_dir: Path) -> dict[str, str]:
     """Every placeholder of deploy/nginx/*.template for this stack."""
     from imagegate.tls import ensure_self_signed
@@ -510,6 +517,7 @@ def gateway_values(conf_dir: Path, run_dir: Path, log_dir: Path) -> dict[str, st
     return {
         "NGINX_USER_DIRECTIVE": user_directive,
         "RUNTIME_DIR": str(run_dir),
+        "OWNER_CACHE_DIR": str(owner_cache_dir()),
         "LOG_DIR": str(log_dir),
         "CONF_DIR": str(conf_dir),
         "SECURITY_SERVERS": " ".join(servers.format(p) for p in SECURITY_PORTS),
@@ -561,8 +569,11 @@ def prepare_gateway() -> None:
             text=True,
         ).stdout
     )
+    owner_cache = owner_cache_dir()
+    shutil.rmtree(owner_cache, ignore_errors=True)
+    owner_cache.mkdir(parents=True, mode=0o700)
     if os.geteuid() == 0:
-        run(["chown", "-R", "www-data", str(run_dir)])
+        run(["chown", "-R", "www-data", str(run_dir), str(owner_cache)])
     write_gateway_config(conf_dir, values)
     run(["nginx", "-t", "-q", "-c", str(conf), "-p", str(prefix)])
 

@@ -14,8 +14,11 @@ from imagegate.errors import install_error_handlers
 from imagegate.middleware import BodyLimit, RequestContext
 from imagegate.runtime import build_runtime
 from imagegate.security import routes as security_routes
+from imagegate.serving import ImageFastPath
 from imagegate.settings import ALL_ROLES, Role, Settings
+from imagegate.uploader import access as access_routes
 from imagegate.uploader import routes as uploader_routes
+from imagegate.variants import routes as variant_routes
 from imagegate.webhooks import routes as webhook_routes
 
 UPLOAD_PATH = "/v1/upload"
@@ -39,6 +42,8 @@ def create_app(settings: Settings, roles: tuple[Role, ...] = ALL_ROLES) -> FastA
         routers.append(webhook_routes.router)  # account settings: with the security service
     if "uploader" in roles:
         routers.append(uploader_routes.router)
+        routers.append(variant_routes.router)
+        routers.append(access_routes.router)
     routers.append(apidocs.router)
     routers.append(ops.router)  # last: a request is matched against routes in order
     app = FastAPI(
@@ -66,6 +71,7 @@ def create_app(settings: Settings, roles: tuple[Role, ...] = ALL_ROLES) -> FastA
     app.add_middleware(
         BodyLimit, max_bytes=settings.json_body_max_bytes, exempt=frozenset({UPLOAD_PATH})
     )
+    app.add_middleware(ImageFastPath, runtime=runtime)  # serving.py: small images, no routing
     app.add_middleware(RequestContext, metrics=runtime.metrics)
     return app
 

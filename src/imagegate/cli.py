@@ -23,7 +23,7 @@ from imagegate.db.engine import create_engine, create_sessionmaker, is_sqlite
 from imagegate.db.migrate import upgrade
 from imagegate.errors import AppError, Conflict
 from imagegate.events import setup as event_setup
-from imagegate.runtime import build_storage, prepare_data_dir, signing_key_path
+from imagegate.runtime import DataDirBusy, build_storage, prepare_data_dir, signing_key_path
 from imagegate.security.accounts import create_account, delete_account
 from imagegate.security.keys import load_or_create_signing_key, public_pem
 from imagegate.security.passwords import Passwords, normalize_login
@@ -258,6 +258,39 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="a DNS name the certificate is for (repeatable; default: localhost)",
     )
+
+    variants_sub = _actions(
+        sub, "variants", "image variants (thumbnails, AVIF/WebP)", "imagegate variants rebuild"
+    )
+    rebuild = _command(
+        variants_sub,
+        "rebuild",
+        "make the variants existing images lack, or whose preset changed size",
+        "imagegate variants rebuild",
+        "imagegate variants rebuild --preset thumb --jobs 2",
+        description=(
+            "Make the variants existing images lack (images from before variants, or a\n"
+            "preset added), and remake those whose preset changed size. Resumable: what\n"
+            "is done is skipped. Uses --jobs processes at a low CPU priority."
+        ),
+    )
+    rebuild.add_argument("--preset", metavar="NAME", help="only this preset (default: all)")
+    rebuild.add_argument(
+        "--jobs", type=int, default=1, metavar="N", help="images made at once (default: 1)"
+    )
+    _common(rebuild)
+    sign = _command(
+        variants_sub,
+        "sign",
+        "print the signed URL of a custom size of a public image",
+        "IMAGEGATE_VARIANT_SIGNING_KEYS=... imagegate variants sign NAME.jpg --width 480 "
+        "--height 270 --fit cover",
+    )
+    sign.add_argument("image", help="the image's name, <uuid>.<ext>")
+    sign.add_argument("--width", type=int, metavar="PX", help="at most this wide")
+    sign.add_argument("--height", type=int, metavar="PX", help="at most this high")
+    sign.add_argument("--fit", choices=("contain", "cover"), default="contain")
+    _common(sign)
 
     spec = _command(
         sub,
@@ -594,6 +627,37 @@ def _serve(settings: Settings, role: Role | None) -> None:
     server.run(app, settings, ssl)
 
 
+def _variants(settings: Settings, args: argparse.Namespace) -> None:
+    from imagegate.variants import rebuild, signing
+
+    if args.variants_command == "sign":
+        if not settings.variant_signing_keys:
+            raise SystemExit("error: set IMAGEGATE_VARIANT_SIGNING_KEYS (the first key signs)")
+        if args.width is None and args.height is None:
+            raise SystemExit("error: give --width, --height or both")
+        path = f"/images/size/{args.image}"
+        message = signing.signed_message(path, args.width, args.height, args.fit)
+        sig = signing.sign(settings.variant_signing_keys[0], message)
+        query = f"w={args.width or ''}&h={args.height or ''}&fit={args.fit}&sig={sig}"
+        print(f"{path}?{query}")
+        return
+    if args.jobs < 1:
+        raise SystemExit("error: --jobs must be 1 or more")
+    prepare_data_dir(settings.data_dir)
+    upgrade(settings.effective_database_url)
+    try:
+        done = asyncio.run(rebuild.rebuild(settings, args.preset, args.jobs))
+    except DataDirBusy:
+        raise SystemExit(
+            f"error: a server is using {settings.data_dir}; stop it first (it makes missing "
+            "variants itself when they are asked for)"
+        ) from None
+    print(
+        f"{_count(done.images, 'image')} checked, {_count(done.made, 'variant')} made"
+        + (f", {_count(done.failed, 'image')} refused" if done.failed else "")
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     settings = _settings(args)
@@ -610,6 +674,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"database schema upgraded from {before or 'empty'} to revision {after}")
         elif args.command == "events":
             _events_setup(settings, args)
+        elif args.command == "variants":
+            _variants(settings, args)
         elif args.command == "tls":
             hosts = tuple(args.host) or ("localhost",)
             cert_path, key_path = ensure_self_signed(Path(args.folder), hosts)

@@ -42,6 +42,10 @@ class Unauthorized(AppError):
         super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="imagegate"'})
 
 
+class Forbidden(AppError):
+    status = 403
+
+
 class NotFound(AppError):
     status = 404
 
@@ -110,6 +114,7 @@ class ErrorBody(BaseModel):
 _DESCRIPTIONS = {
     400: "Malformed request",
     401: "Missing, invalid or expired bearer token, or wrong credentials",
+    403: "Not allowed (e.g. a custom size without a valid signature)",
     404: "No such resource (or not yours)",
     409: "Conflict",
     408: "The request body stalled",

@@ -30,6 +30,18 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.variant_jobs = Counter(
+            "imagegate_variant_jobs_total",
+            "Variant jobs run (one original decoded), by trigger: upload (the presets after an "
+            "upload), on_demand (a missing variant asked for), rebuild",
+            ["trigger"],
+            registry=self.registry,
+        )
+        self.variants_made = Counter(
+            "imagegate_variants_made_total",
+            "Variant files made and stored",
+            registry=self.registry,
+        )
         self.bytes_received = Counter(
             "imagegate_upload_received_bytes_total",
             "Image bytes received in accepted uploads",

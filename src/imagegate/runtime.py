@@ -31,6 +31,7 @@ from imagegate.storage.reconcile import remove_orphans
 from imagegate.storage.s3 import S3Storage
 from imagegate.uploader.admission import Admission
 from imagegate.uploader.pool import CodecPool
+from imagegate.variants.maker import VariantMaker
 
 log = logging.getLogger("imagegate")
 
@@ -53,6 +54,7 @@ class Runtime:
     passwords: Passwords
     events: EventServices
     directory: Directory
+    variants: VariantMaker
     codec: CodecPool | None = None
     admission: Admission | None = None
     _lock: IO[bytes] | None = field(default=None, repr=False)
@@ -93,6 +95,7 @@ class Runtime:
     async def stop(self) -> None:
         await self.directory.stop()
         await self.events.stop()
+        await self.variants.close()
         if self.codec is not None:
             self.codec.close()
         await self.reads.close()
@@ -154,7 +157,10 @@ def build_runtime(settings: Settings, roles: tuple[Role, ...]) -> Runtime:
     sessions = create_sessionmaker(engine)
     storage = build_storage(settings)
     metrics = Metrics()
-    events = EventServices(HandlerContext(settings, sessions, storage, metrics), engine, roles)
+    variants = VariantMaker(settings, sessions, storage, metrics)
+    events = EventServices(
+        HandlerContext(settings, sessions, storage, metrics, variants), engine, roles
+    )
     # A commit that emitted an event wakes this process's dispatcher (see outbox.emit).
     sessions.configure(info={WAKE_INFO_KEY: events.wake})
     reads = create_reader(url, engine)
@@ -167,6 +173,7 @@ def build_runtime(settings: Settings, roles: tuple[Role, ...]) -> Runtime:
         storage=storage,
         metrics=metrics,
         events=events,
+        variants=variants,
         directory=build_directory(settings, roles, reads, engine, sessions, metrics),
         verifier=TokenVerifier(
             public_keys,

@@ -76,6 +76,13 @@ class Settings(BaseSettings):
         description="Behind NGINX: hand image bytes to this internal location "
         "(X-Accel-Redirect) instead of streaming them through Python.",
     )
+    serve_cache_mib: int = Field(
+        64,
+        ge=0,
+        le=65536,
+        description="Local storage: memory for the bytes of recently served small images "
+        "(up to 256 KiB each), least recently used first out (0 = none).",
+    )
     orphan_grace_seconds: int = Field(
         3600, ge=0, description="S3: objects without a record older than this are removed."
     )
@@ -245,8 +252,54 @@ class Settings(BaseSettings):
     )
     webhooks_per_user: int = Field(20, ge=1, le=1000)
 
+    # Variants (thumbnails and other sizes, in AVIF, WebP and the original's format)
+    variant_presets: str = Field(
+        "thumb=320x320:cover,small=640x640:contain,medium=1280x1280:contain,"
+        "large=2048x2048:contain",
+        description="Comma-separated name=WxH:cover|contain; each preset is made after every "
+        "upload, never larger than the original.",
+    )
+    variant_workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Processes making variants, apart from the upload codec workers and at "
+        "a lower CPU priority, so uploads never wait for them.",
+    )
+    variant_signing_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated keys (16+ characters) for signed custom-size URLs; the "
+        "first signs, all verify (rotate by putting the new key first). None: custom sizes "
+        "for owners only.",
+    )
+    variant_custom_keep_days: float = Field(
+        7.0, gt=0, description="A custom size unused this long is removed."
+    )
+
     # Operator conveniences
     demo: bool = False
+
+    @field_validator("variant_presets")
+    @classmethod
+    def _check_presets(cls, value: str) -> str:
+        from imagegate.variants.presets import parse_presets  # pure; no import cycle
+
+        parse_presets(value)  # refused at start, with the item that is wrong
+        return value
+
+    @field_validator("variant_signing_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("variant_signing_keys")
+    @classmethod
+    def _check_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        if any(len(k.get_secret_value()) < 16 for k in value):
+            raise ValueError("each variant signing key needs 16 characters or more")
+        return value
 
     @field_validator("trusted_proxies", "webhook_allowed_networks", mode="before")
     @classmethod

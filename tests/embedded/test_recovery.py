@@ -21,17 +21,32 @@ from tests.support.bodies import HeldBody
 from tests.support.server import ServerProcess
 
 
-def assert_consistent(data_dir: Path) -> int:
-    """Every record has its bytes (same sha256), every file has its record, no temp files."""
+def _check_consistent(data_dir: Path) -> int:
     # ``with`` a connection commits but does not close it: closing() does, so the file is free.
     with contextlib.closing(sqlite3.connect(data_dir / "imagegate.db")) as db:
-        records = dict(db.execute("SELECT name, sha256 FROM images").fetchall())
+        images = dict(db.execute("SELECT name, sha256 FROM images").fetchall())
+        variants = dict(db.execute("SELECT name, sha256 FROM variants").fetchall())
+    records = {**images, **variants}
     files = {p.name: p for p in (data_dir / "images").iterdir() if not p.name.startswith(".")}
     assert set(records) == set(files), set(records) ^ set(files)
     for name, sha in records.items():
         assert hashlib.sha256(files[name].read_bytes()).hexdigest() == sha
     assert list((data_dir / "tmp").iterdir()) == []
-    return len(records)
+    return len(images)
+
+
+def assert_consistent(data_dir: Path, settle_seconds: float = 60) -> int:
+    """Every record — image or variant — has its bytes (same sha256), every file has its
+    record, no temp files; returns the image count. Variants are made in the background after
+    each upload, so a running server gets ``settle_seconds`` to finish what it is making."""
+    deadline = time.monotonic() + settle_seconds
+    while True:
+        try:
+            return _check_consistent(data_dir)
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 Reply = tuple[int, dict[str, str] | None]  # status (-1: no answer) and the 201 body

@@ -917,7 +917,15 @@ def test_gateway_config_passes_nginx_t(
     nginx = next(c for c in pod["containers"] if c["name"] == "nginx")
     env = {k: str(e["value"]) for k, e in env_of(nginx).items()}
     conf_dir = env["CONF_DIR"]
-    for key in ("CONF_DIR", "RUNTIME_DIR", "LOG_DIR", "TLS_CERT", "TLS_KEY", "OPENAPI_FILE"):
+    for key in (
+        "CONF_DIR",
+        "RUNTIME_DIR",
+        "OWNER_CACHE_DIR",
+        "LOG_DIR",
+        "TLS_CERT",
+        "TLS_KEY",
+        "OPENAPI_FILE",
+    ):
         env[key] = f"{tmp_path}{env[key]}"
     env["PLAIN_HTTP_SERVER"] = env["PLAIN_HTTP_SERVER"].replace(conf_dir, env["CONF_DIR"])
     for key in ("SECURITY_SERVERS", "UPLOADER_SERVERS", "MINIO_SERVERS"):

@@ -81,13 +81,14 @@ class Stack:
             region_name="us-east-1",
         )
 
-    def object_keys(self) -> set[str]:
-        """Every key in the bucket (``public/…``, ``private/…``)."""
+    def object_keys(self, variants: bool = False) -> set[str]:
+        """Every key in the bucket (``public/…``, ``private/…``). Variants (``<uuid>.<key>.
+        <ext>``, made in the background after each upload) only with ``variants``."""
         keys: set[str] = set()
         paginator = self.s3().get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.urls["bucket"]):
             keys |= {o["Key"] for o in page.get("Contents", [])}
-        return keys
+        return keys if variants else {k for k in keys if k.count(".") < 2}
 
     def service_urls(self, role: str) -> list[str]:
         """Each replica of a service, directly (not through the gateway)."""

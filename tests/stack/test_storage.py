@@ -68,9 +68,31 @@ def test_delete_removes_the_object_from_the_bucket(stack: Stack) -> None:
         private_name = private.json()["filename"]
         keys = stack.object_keys()
         assert {f"public/{public}", f"private/{private_name}"} <= keys
+        stems = (public.split(".")[0], private_name.split(".")[0])
+
+        def variants() -> set[str]:
+            return {
+                k
+                for k in stack.object_keys(variants=True)
+                if k.count(".") == 2 and k.split("/")[1].split(".")[0] in stems
+            }
+
+        # The worker makes each image's 12 variants (4 presets x 3 formats) beside it.
+        deadline = time.monotonic() + 60
+        while len(variants()) < 24 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert {k.split("/")[0] for k in variants() if stems[0] in k} == {"public"}
+        assert {k.split("/")[0] for k in variants() if stems[1] in k} == {"private"}
+        assert len(variants()) == 24
+        # Private variants are as unreadable to anonymous storage clients as their original.
+        minio, bucket = stack.urls["minio"], stack.urls["bucket"]
+        for key in variants():
+            expected = 200 if key.startswith("public/") else 403
+            assert httpx.get(f"{minio}/{bucket}/{key}").status_code == expected, key
         for name in (public, private_name):
             assert c.delete(f"/v1/images/{name}", headers=account.auth).status_code == 204
         assert stack.object_keys() == keys - {f"public/{public}", f"private/{private_name}"}
+        assert variants() == set()  # answered after they are gone, not eventually
 
 
 def _restart_uploader(stack: Stack, name: str, env: dict[str, str] | None = None) -> None:

@@ -67,6 +67,38 @@ class Image(Base):
         return self.visibility == "public"
 
 
+class Variant(Base):
+    """A stored variant of an image: a preset (or a custom size) in one format.
+
+    Its object is ``<uuid>.<key>.<ext>`` beside the original, on the same side of the
+    public/private divide. Rows go with their image (cascade); the bytes are removed by whoever
+    deletes the image, and a crash in between leaves an orphan that reconciliation removes.
+    """
+
+    __tablename__ = "variants"
+    __table_args__ = (
+        Index("uq_variants_image_key_format", "image_name", "key", "format", unique=True),
+        Index("ix_variants_custom_used", "custom", "used_at"),
+    )
+
+    name: Mapped[str] = mapped_column(String(96), primary_key=True)  # the object's name
+    image_name: Mapped[str] = mapped_column(ForeignKey("images.name", ondelete="CASCADE"))
+    owner_id: Mapped[str] = mapped_column(String(36), index=True)
+    # A preset's name, or a custom size's "<w>x<h><c|n>" (starts with a digit: never a preset).
+    key: Mapped[str] = mapped_column(String(32))
+    format: Mapped[str] = mapped_column(String(8))  # the extension: avif, webp, jpg, png, gif
+    content_type: Mapped[str] = mapped_column(String(32))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    public: Mapped[bool] = mapped_column(Boolean)
+    custom: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Custom sizes only: last served (at most a day stale), for removing unused ones.
+    used_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class LoginThrottle(Base):
     """Failed-login counters per key (``login:<name>`` or ``addr:<ip>``), seen by all replicas."""
 

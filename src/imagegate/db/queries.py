@@ -9,10 +9,10 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy import and_, bindparam, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from imagegate.db.models import Image, User
+from imagegate.db.models import Image, User, Variant
 from imagegate.db.reads import Reader
 
 
@@ -147,13 +147,24 @@ async def add_image(session: AsyncSession, image: Image) -> None:
     await _count(session, image.owner_id, 1, image.bytes)
 
 
-async def delete_image(session: AsyncSession, name: str, owner_id: str) -> Image | None:
+async def delete_image(
+    session: AsyncSession, name: str, owner_id: str, variants: list[tuple[str, bool]] | None = None
+) -> Image | None:
     """Delete the owner's image record and take it off their usage; returns it, or None when
-    there is no such image."""
+    there is no such image. Its variants' records go first, their ``(name, public)`` appended
+    to ``variants``: with the image locked (PostgreSQL) or the write lock taken by that first
+    write (SQLite), a variant being recorded meanwhile is either in the list or refused."""
     image = await session.scalar(
         select(Image).where(Image.name == name, Image.owner_id == owner_id).with_for_update()
     )
     if image is not None:
+        gone = await session.execute(
+            delete(Variant)
+            .where(Variant.image_name == name)
+            .returning(Variant.name, Variant.public)
+        )
+        if variants is not None:
+            variants.extend((str(n), bool(p)) for n, p in gone)
         await session.delete(image)
         await _count(session, owner_id, -1, -image.bytes)
     return image

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -19,6 +20,9 @@ from imagegate.metrics import Metrics
 from imagegate.settings import Settings
 from imagegate.storage.base import Storage
 
+if TYPE_CHECKING:
+    from imagegate.variants.maker import VariantMaker
+
 log = logging.getLogger("imagegate.events")
 
 ANY_TYPE = "*"  # the registry key whose handlers see every event
@@ -26,12 +30,14 @@ ANY_TYPE = "*"  # the registry key whose handlers see every event
 
 @dataclass(frozen=True)
 class HandlerContext:
-    """What a handler may use: the process's settings, database, storage and metrics."""
+    """What a handler may use: the process's settings, database, storage, metrics and its
+    variant maker (None in processes that handle no events)."""
 
     settings: Settings
     sessions: async_sessionmaker[AsyncSession]
     storage: Storage
     metrics: Metrics
+    variants: VariantMaker | None = None
 
 
 Handler = Callable[[Event, HandlerContext], Awaitable[None]]

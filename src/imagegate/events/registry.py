@@ -9,10 +9,12 @@ from __future__ import annotations
 from imagegate.events.envelope import EventType
 from imagegate.events.handlers import ANY_TYPE, Handler, Handlers
 from imagegate.events.purge import purge_account
+from imagegate.variants.handler import make_variants
 from imagegate.webhooks.handler import queue_deliveries
 
 _ENTRIES: list[tuple[str, Handler]] = [
     (EventType.ACCOUNT_DELETED, purge_account),
+    (EventType.IMAGE_STORED, make_variants),
     (ANY_TYPE, queue_deliveries),
 ]
 

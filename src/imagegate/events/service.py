@@ -56,6 +56,8 @@ class EventServices:
             webhook_loop = DeliveryLoop(settings, self.ctx.sessions)
             webhook_loop.start()
             self._stops.append(webhook_loop.stop)
+            if self.ctx.variants is not None:
+                self.ctx.variants.start_pruning()  # stopped with the maker (Runtime.stop)
         if inline:
             self.dispatcher = InlineDispatcher(self.ctx, self.engine)
             await self.dispatcher.start()

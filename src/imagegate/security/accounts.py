@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegate.db import queries
-from imagegate.db.models import Image, PurgeObject, User
+from imagegate.db.models import Image, PurgeObject, User, Variant
 from imagegate.db.types import utcnow
 from imagegate.errors import Conflict
 from imagegate.events.envelope import EventType
@@ -79,6 +79,9 @@ async def delete_account(session: AsyncSession, user: User, *, source: str) -> D
         await session.rollback()
         raise LookupError(f"no such user: {user.login}")
     now = utcnow()
+    # And its images (PostgreSQL): a variant maker holds its image's row while it stores and
+    # records, so it either finishes first (its rows are listed below) or finds the image gone.
+    await session.execute(select(Image.name).where(Image.owner_id == user.id).with_for_update())
     await session.execute(
         insert(PurgeObject).from_select(
             ["name", "public", "owner_id", "created_at"],
@@ -88,6 +91,17 @@ async def delete_account(session: AsyncSession, user: User, *, source: str) -> D
                 Image.owner_id,
                 literal(now, type_=PurgeObject.__table__.c.created_at.type),
             ).where(Image.owner_id == user.id),
+        )
+    )
+    await session.execute(
+        insert(PurgeObject).from_select(
+            ["name", "public", "owner_id", "created_at"],
+            select(
+                Variant.name,
+                Variant.public,
+                Variant.owner_id,
+                literal(now, type_=PurgeObject.__table__.c.created_at.type),
+            ).where(Variant.owner_id == user.id),
         )
     )
     # Counted after the first write: the transaction holds the write lock (SQLite) or the

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from imagegate.db import queries
 from imagegate.storage.base import Storage
+from imagegate.variants import records
 
 log = logging.getLogger("imagegate.storage")
 
@@ -22,11 +23,12 @@ async def remove_orphans(
     """Delete objects with no record that were last written before ``older_than`` (epoch)."""
     async with sessions() as session:
         known = await queries.all_image_names(session)
+        variants = await records.all_variant_names(session)
     removed = 0
     seen = set()
     async for obj in storage.list():
         seen.add(obj.name)
-        if obj.name not in known and obj.modified < older_than:
+        if obj.name not in known and obj.name not in variants and obj.modified < older_than:
             await storage.delete(obj.name, public=obj.public)
             removed += 1
     missing = known - seen

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -85,11 +85,16 @@ async def ingest(runtime: Runtime, request: Request, owner: Identity, visibility
     return image
 
 
-async def remove_quietly(runtime: Runtime, image: Image) -> None:
-    """Delete stored bytes whose record is gone (or never came); if storage refuses now, the
-    object is an orphan that start-up reconciliation removes later."""
+async def remove_quietly(
+    runtime: Runtime, image: Image, variants: Sequence[tuple[str, bool]] = ()
+) -> None:
+    """Delete stored bytes whose record is gone (or never came), with its variants' objects;
+    if storage refuses now, they are orphans that start-up reconciliation removes later."""
     try:
-        await runtime.storage.delete(image.name, public=image.public)
+        if variants:
+            await runtime.storage.delete_many([(image.name, image.public), *variants])
+        else:
+            await runtime.storage.delete(image.name, public=image.public)
     except OSError as exc:
         log.warning(
             "could not remove %s now (%s); it will be removed as an orphan", image.name, exc

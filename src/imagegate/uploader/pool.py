@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import multiprocessing
+import secrets
+from collections.abc import Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,9 @@ from imagegate.uploader.process import (
     process_image,
     warm_up,
 )
+from imagegate.variants.render import Rendered, VariantJob, render_variants
+
+VARIANT_NICE = 10  # variant workers yield the CPU to upload workers (nice 0)
 
 # After a cancelled job, when its worker has surely stopped: remove any output it still wrote.
 LATE_OUTPUT_SECONDS = 10.0
@@ -45,6 +50,7 @@ class CodecPool:
         budget: Budget | None = None,
         memory_mib: int = 0,
         recycle_mib: int = 0,
+        nice: int = 0,
     ) -> None:
         self._workers = workers
         self._timeout = timeout
@@ -55,15 +61,18 @@ class CodecPool:
         self._pool: Any = ProcessPool(  # pebble ships no type hints
             max_workers=workers,
             initializer=init_worker,
-            initargs=(limits, cache_mib, memory_mib, recycle_mib),
+            initargs=(limits, cache_mib, memory_mib, recycle_mib, nice),
             context=multiprocessing.get_context("forkserver"),
         )
 
     @classmethod
-    def from_settings(cls, s: Settings) -> CodecPool:
-        """The pool ``s`` describes: worker count, limits, budgets, quality, block cache."""
+    def from_settings(cls, s: Settings, *, variants: bool = False) -> CodecPool:
+        """The pool ``s`` describes: worker count, limits, budgets, quality, block cache.
+        ``variants``: the pool that makes variants — its own workers (variant_workers) at a
+        lower CPU priority, so that uploads never wait for them."""
         return cls(
-            workers=s.codec_workers,
+            workers=s.variant_workers if variants else s.codec_workers,
+            nice=VARIANT_NICE if variants else 0,
             timeout=s.codec_timeout_seconds,
             limits=Limits(
                 s.image_max_pixels, s.image_max_side, s.image_max_frames, s.image_max_scans
@@ -107,6 +116,47 @@ class CodecPool:
             asyncio.get_running_loop().call_later(
                 LATE_OUTPUT_SECONDS, functools.partial(dst.unlink, missing_ok=True)
             )
+            raise
+
+    async def render_variants(
+        self, src: Path, out_dir: Path, jobs: Sequence[VariantJob], pixels: int
+    ) -> list[Rendered]:
+        """Make ``jobs`` from the stored original at ``src`` into ``out_dir`` (variants/render.py).
+        ``pixels`` is the original's width x height x frames: it sizes the CPU budget as for an
+        upload. A call that fails or is given up on leaves no file behind."""
+        token = secrets.token_hex(8)  # names this call's files, for the clean-up below
+        future = self._pool.schedule(
+            render_variants,
+            args=(
+                str(src),
+                str(out_dir),
+                tuple(jobs),
+                self._quality,
+                self._budget.seconds(pixels),
+                token,
+            ),
+            timeout=self._timeout,
+        )
+
+        def remove_output() -> None:
+            for path in out_dir.glob(f"{token}.*"):
+                path.unlink(missing_ok=True)
+
+        try:
+            return await asyncio.wrap_future(future)
+        except ImageRejected as exc:
+            raise AppError(exc.message, status=exc.status) from None
+        except FutureTimeout as exc:
+            remove_output()  # pebble stopped the worker, perhaps mid-write
+            raise Unprocessable(
+                f"image variants took longer than {self._timeout:g} s to make"
+            ) from exc
+        except ProcessExpired as exc:
+            remove_output()
+            raise Unprocessable("image variants could not be made (the decoder crashed)") from exc
+        except asyncio.CancelledError:
+            future.cancel()
+            asyncio.get_running_loop().call_later(LATE_OUTPUT_SECONDS, remove_output)
             raise
 
     def close(self) -> None:

@@ -400,11 +400,15 @@ def _recycling_tasks(tasks: Any) -> Any:
     return next_tasks
 
 
-def init_worker(limits: Limits, cache_mib: int, memory_mib: int = 0, recycle_mib: int = 0) -> None:
+def init_worker(
+    limits: Limits, cache_mib: int, memory_mib: int = 0, recycle_mib: int = 0, nice: int = 0
+) -> None:
     """Once per worker process: plugins registered, Pillow's own decompression-bomb guard set to
     our limit (a second line of defence behind the header check), its block cache sized, and
-    (in a real worker) the memory ceiling and recycling."""
+    (in a real worker) the memory ceiling and recycling; ``nice`` lowers its CPU priority."""
     global _libc, _recycle_bytes, _trim_bytes, _memory_limited
+    if nice:
+        os.nice(nice)
     Image.init()
     Image.MAX_IMAGE_PIXELS = limits.max_pixels
     # Without a cache every bitmap is fresh memory from the kernel: a 12 MP image costs ~12,000

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import functools
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -11,16 +12,19 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from imagegate.db import queries
+from imagegate.db.models import Image
 from imagegate.deps import CurrentIdentity, RuntimeDep, SessionDep
 from imagegate.errors import AppError, NotFound, Unprocessable, error_responses
 from imagegate.events.envelope import EventType
 from imagegate.events.outbox import emit
-from imagegate.serving import image_response
+from imagegate.routing import get_and_head
+from imagegate.serving import image_response, serve_cache
 from imagegate.uploader.formats import ALLOWED, is_image_name
 from imagegate.uploader.pipeline import ingest, remove_quietly
+from imagegate.variants.links import srcset, variant_urls
+from imagegate.variants.presets import Preset
 
 router = APIRouter(tags=["images"])
-Endpoint = Callable[..., Awaitable[Response]]
 Visibility = Literal["public", "private"]
 IMAGE_CONTENT: dict[int | str, dict[str, Any]] = {
     200: {
@@ -53,6 +57,21 @@ class ImageOut(BaseModel):
         """Public images are anyone's at /images/; private ones only their owner's."""
         prefix = "/images/" if self.visibility == "public" else "/v1/user/"
         return prefix + self.filename
+
+    variants: dict[str, str] = Field(
+        default_factory=dict,
+        description="A URL per preset (format by Accept): e.g. thumb → /images/thumb/{name}",
+    )
+    srcset: str = Field("", description="The whole-picture presets as an <img srcset> value")
+
+    @classmethod
+    def of(cls, image: Image, presets: Iterable[Preset]) -> ImageOut:
+        """The record with its variants' URLs."""
+        out = cls.model_validate(image)
+        presets = tuple(presets)
+        out.variants = variant_urls(out.filename, image.public, presets)
+        out.srcset = srcset(out.filename, image.public, image.width, image.height, presets)
+        return out
 
 
 class ImagePage(BaseModel):
@@ -100,7 +119,7 @@ async def upload(
         runtime.metrics.uploads.labels(str(exc.status)).inc()
         raise
     runtime.metrics.uploads.labels("stored").inc()
-    out = ImageOut.model_validate(image)
+    out = ImageOut.of(image, runtime.variants.presets.values())
     return JSONResponse(out.model_dump(mode="json"), status_code=201, headers={"Location": out.url})
 
 
@@ -113,6 +132,7 @@ async def upload(
 async def list_images(
     identity: CurrentIdentity,
     session: SessionDep,
+    runtime: RuntimeDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> ImagePage:
@@ -121,7 +141,8 @@ async def list_images(
     except ValueError as exc:
         raise Unprocessable("cursor: not a cursor from this listing") from exc
     images, next_cursor = await queries.images_page(session, identity.user_id, limit, after)
-    return ImagePage(items=[ImageOut.model_validate(i) for i in images], next_cursor=next_cursor)
+    presets = runtime.variants.presets.values()
+    return ImagePage(items=[ImageOut.of(i, presets) for i in images], next_cursor=next_cursor)
 
 
 @router.delete(
@@ -136,7 +157,8 @@ async def delete_image(
     if not is_image_name(filename):
         raise NotFound("no such image")
     # Record first, bytes second: a crash in between leaves an orphan file that start-up removes.
-    image = await queries.delete_image(session, filename, identity.user_id)
+    variants: list[tuple[str, bool]] = []
+    image = await queries.delete_image(session, filename, identity.user_id, variants)
     if image is None:
         raise NotFound("no such image")
     emit(
@@ -153,7 +175,7 @@ async def delete_image(
         source=runtime.settings.event_source,
     )
     await session.commit()
-    await remove_quietly(runtime, image)
+    await remove_quietly(runtime, image, variants)
     return Response(status_code=204)
 
 
@@ -167,26 +189,17 @@ async def _serve(
     image = await queries.image_for_viewer(runtime.reads, filename, owner_id=owner_id)
     if image is None:
         raise NotFound("no such image")
-    return image_response(
+    return await image_response(
         request,
         runtime.storage,
         image,
         public_route=owner_id is None,
         accel_prefix=runtime.settings.accel_redirect_prefix,
+        cache=serve_cache(runtime),
     )
 
 
-def _get_and_head(path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
-    """GET and HEAD as two routes: one route with both methods gives both one operation id
-    (FastAPI warns, and which method's name wins varies from run to run). A 405 for another
-    method lists the first route's method (GET) in ``Allow``."""
-
-    def register(endpoint: Endpoint) -> Endpoint:
-        for method in ("GET", "HEAD"):
-            router.add_api_route(path, endpoint, methods=[method], **options)
-        return endpoint
-
-    return register
+_get_and_head = functools.partial(get_and_head, router)
 
 
 @_get_and_head(

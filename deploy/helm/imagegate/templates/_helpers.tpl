@@ -214,6 +214,16 @@ imagegate's chmod of it fails (EPERM) as uid 10001. */}}
 - name: IMAGEGATE_CODEC_MEMORY_MIB
   value: {{ $v.uploader.codecMemoryMib | quote }}
 {{- end }}
+{{- if has .role (list "uploader" "worker") }}
+# Variant processes: the worker's make every upload's presets; the uploader's, missing ones on
+# demand. Their memory ceiling is the codec workers' (IMAGEGATE_CODEC_MEMORY_MIB).
+- name: IMAGEGATE_VARIANT_WORKERS
+  value: {{ (index $v .role).variantWorkers | quote }}
+{{- if eq .role "worker" }}
+- name: IMAGEGATE_CODEC_MEMORY_MIB
+  value: {{ $v.uploader.codecMemoryMib | quote }}
+{{- end }}
+{{- end }}
 {{- range $name, $value := $v.config.extraEnv }}
 - name: {{ $name }}
   value: {{ $value | quote }}
