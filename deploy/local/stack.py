@@ -501,10 +501,29 @@ def trusted_proxy_values(proxies: list[str]) -> dict[str, str]:
 
 
 def owner_cache_dir() -> Path:
-    """The gateway's owner-read cache (whole tokens in its keys): in memory where possible."""
-    shm = Path("/dev/shm")
+    """The gateway's owner-read cache (whole tokens in its keys): in memory where possible,
+    in a folder of this user's only (checked when it is made, see ``private_dir``)."""
+    shm = Path("/dev/shm")  # noqa: S108 - tmpfs on purpose; the folder is checked as ours
     base = shm if shm.is_dir() else STATE / "nginx"
-    return base / f"imagegate-stack-{PLAIN_PORT}" / "owner-cache"
+    return base / f"imagegate-stack-{os.geteuid()}-{PLAIN_PORT}" / "owner-cache"
+
+
+def private_dir(path: Path) -> None:
+    """Make ``path``'s parent the gateway's and closed to others (refuse one someone else
+    made): ours, or NGINX's workers' (www-data) when we run as root."""
+    parent = path.parent
+    fresh = not parent.exists()
+    parent.mkdir(mode=0o700, exist_ok=True)
+    owner = os.geteuid()
+    if owner == 0:
+        import pwd
+
+        owner = pwd.getpwnam("www-data").pw_uid
+        if fresh:
+            os.chown(parent, owner, -1)
+    st = parent.stat()
+    if st.st_uid != owner or st.st_mode & 0o077:
+        sys.exit(f"stack: {parent} is not the gateway's private folder; remove it")
 
 
 def gateway_values(conf_dir: Path, run_dir: Path, log_dir: Path) -> dict[str, str]:
@@ -570,8 +589,9 @@ def prepare_gateway() -> None:
         ).stdout
     )
     owner_cache = owner_cache_dir()
+    private_dir(owner_cache)
     shutil.rmtree(owner_cache, ignore_errors=True)
-    owner_cache.mkdir(parents=True, mode=0o700)
+    owner_cache.mkdir(mode=0o700)
     if os.geteuid() == 0:
         run(["chown", "-R", "www-data", str(run_dir), str(owner_cache)])
     write_gateway_config(conf_dir, values)
