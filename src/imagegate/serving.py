@@ -38,6 +38,9 @@ from imagegate.errors import AppError
 from imagegate.runtime import Runtime
 from imagegate.storage.base import Storage
 from imagegate.uploader.formats import is_image_name
+from imagegate.variants import records as variant_records
+from imagegate.variants.negotiate import choose_format
+from imagegate.variants.records import object_name
 
 PUBLIC_CACHE = "public, max-age=31536000, immutable"
 PRIVATE_CACHE = "private, max-age=0, must-revalidate"
@@ -396,16 +399,22 @@ class ImageFastPath:
             prefix, public_route = "/v1/user/", False
         else:
             return False
-        name = path[len(prefix) :]
-        if not is_image_name(name):
+        # An image ("{name}") or a preset's variant ("{preset}/{name}", no query: custom sizes
+        # and their checks are the routes').
+        preset, _, name = path[len(prefix) :].rpartition("/")
+        if not is_image_name(name) or "/" in preset or (preset and scope.get("query_string")):
             return False
         if_none_match = b""
+        accept: list[bytes] = []
         for key, value in scope["headers"]:
             if key in _PASS_ON:
                 return False
             if key == b"if-none-match" and not if_none_match:
                 if_none_match = value
-        route = self._route(scope, prefix, scope["method"])
+            elif key == b"accept":
+                accept.append(value)
+        template = prefix + ("{preset}/{filename}" if preset else "{filename}")
+        route = self._route(scope, template, scope["method"])
         if route is None:
             return False
         runtime = self.runtime
@@ -413,7 +422,11 @@ class ImageFastPath:
             owner_id = None
             if not public_route:
                 owner_id = (await authenticate(Request(scope), account_check=True)).user_id
-            image = await image_for_viewer(runtime.reads, name, owner_id=owner_id)
+            image: Servable | None
+            if preset:
+                image = await _variant(runtime, preset, name, b", ".join(accept), owner_id)
+            else:
+                image = await image_for_viewer(runtime.reads, name, owner_id=owner_id)
         except Exception:  # the routes meet the same failure and answer it
             return False
         if image is None:
@@ -425,12 +438,14 @@ class ImageFastPath:
             (b"x-content-type-options", b"nosniff"),
             (b"content-security-policy", _CSP),
         ]
+        if preset:
+            common.append((b"vary", b"Accept"))
         if if_none_match and _etag_matches(if_none_match.decode("latin-1"), etag):
             scope["route"] = route  # for RequestContext's metrics and log
             await send({"type": "http.response.start", "status": 304, "headers": common})
             await send({"type": "http.response.body", "body": b""})
             return True
-        entry = await _small_file(self._folder + name, name, self._cache)
+        entry = await _small_file(self._folder + image.name, image.name, self._cache)
         if entry is None:
             return False
         common += [
@@ -445,15 +460,29 @@ class ImageFastPath:
         await send({"type": "http.response.body", "body": body})
         return True
 
-    def _route(self, scope: Scope, prefix: str, method: str) -> Any:
-        """The app's route for this path and method (None: the app has none)."""
-        route = self._routes.get((prefix, method))
+    def _route(self, scope: Scope, template: str, method: str) -> Any:
+        """The app's route for this path template and method (None: the app has none)."""
+        route = self._routes.get((template, method))
         if route is None:
             app = scope.get("app")
             for candidate in getattr(app, "routes", ()):
-                if getattr(candidate, "path", None) == prefix + "{filename}" and method in (
+                if getattr(candidate, "path", None) == template and method in (
                     getattr(candidate, "methods", None) or ()
                 ):
-                    route = self._routes[(prefix, method)] = candidate
+                    route = self._routes[(template, method)] = candidate
                     break
         return route
+
+
+async def _variant(
+    runtime: Runtime, preset: str, name: str, accept: bytes, owner_id: str | None
+) -> Servable | None:
+    """The preset's stored variant in the format ``accept`` prefers, if it is made and this
+    viewer may see it (the route's rule); None passes the request on to the route."""
+    if preset not in runtime.variants.presets:
+        return None
+    fmt = choose_format(accept.decode("latin-1"), name.rsplit(".", 1)[1])
+    found = await variant_records.variant(runtime.reads, object_name(name, preset, fmt))
+    if found is None or not (found.public if owner_id is None else found.owner_id == owner_id):
+        return None
+    return found
