@@ -308,16 +308,22 @@ def argon2_ceiling() -> float:
 # --- process helpers ---------------------------------------------------------------------
 
 
-def tree_rss(pids: list[int], *, descendants: bool = True) -> int:
-    """Resident bytes of these processes and (by default) all their descendants."""
+def process_children() -> dict[int, list[int]]:
+    """Every running process's children, by parent pid (from /proc)."""
     children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir() if descendants else ():
+    for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def tree_rss(pids: list[int], *, descendants: bool = True) -> int:
+    """Resident bytes of these processes and (by default) all their descendants."""
+    children = process_children() if descendants else {}
     total, todo = 0, list(pids)
     while todo:
         pid = todo.pop()

@@ -235,18 +235,6 @@ def generation_rows(b: Any, bench: ModuleType, data: bytes) -> None:
         )
 
 
-def _children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    return children
-
-
 def _descendants(pid: int, children: dict[int, list[int]]) -> set[int]:
     found, todo = set(), list(children.get(pid, []))
     while todo:
@@ -273,12 +261,12 @@ def job_peaks(bench: ModuleType, work: Path, src: Path, formats: Sequence[str]) 
     jobs = preset_jobs(formats)
     out = work / "out"
     out.mkdir(parents=True, exist_ok=True)
-    before = _descendants(os.getpid(), _children())
+    before = _descendants(os.getpid(), bench.process_children())
     pool = CodecPool.from_settings(Settings(variant_workers=1), variants=True)
     found: list[int] = []
     try:
         asyncio.run(pool.warm())
-        children = _children()
+        children = bench.process_children()
         new = _descendants(os.getpid(), children) - before
         # The worker is the forkserver's child: neither the forkserver nor the resource
         # tracker (this process's own children, started with the first pool).
