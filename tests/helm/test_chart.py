@@ -446,23 +446,27 @@ def test_the_data_dir_at_the_mount_point_fails(tmp_path: Path) -> None:
 def test_upload_temp_space_follows_the_cap_and_queue(
     template: Callable[..., subprocess.CompletedProcess[str]],
 ) -> None:
-    def size(*args: str) -> str:
+    def size(*args: str, role: str = "uploader") -> str:
         proc = template(*args)
         assert proc.returncode == 0, proc.stderr
         docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
         dep = next(
             d
             for d in docs
-            if d["metadata"]["name"].endswith("-uploader") and d["kind"] == "Deployment"
+            if d["metadata"]["name"].endswith(f"-{role}") and d["kind"] == "Deployment"
         )
         vols = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
         return str(vols["data"]["emptyDir"]["sizeLimit"])
 
-    # two files (received, processed) per upload in progress, plus 256 MiB
-    assert size() == f"{2 * 40 * (2 + 8) + 256}Mi"
+    # Two files (received, processed) per upload in progress, a copy of the original per
+    # variant made on demand (16 at once) and per variant worker, plus 256 MiB.
+    assert size() == f"{2 * 40 * (2 + 8) + 40 * (16 + 1) + 256}Mi"
     assert size("--set", "uploader.codecQueue=20", "--set", "config.uploadMaxBytes=10485760") == (
-        f"{2 * 10 * (2 + 20) + 256}Mi"
+        f"{2 * 10 * (2 + 20) + 10 * (16 + 1) + 256}Mi"
     )
+    # The worker: the original's copy and its outputs per variant worker.
+    assert size(role="worker") == f"{2 * 40 * 1 + 256}Mi"
+    assert size("--set", "worker.variantWorkers=3", role="worker") == f"{2 * 40 * 3 + 256}Mi"
 
 
 # Env names that carry a secret, whatever the role: they must come from a Secret.
@@ -810,6 +814,33 @@ def test_the_gateway_believes_only_the_proxies_in_front_of_it(
     assert found[: len(proxies)] == proxies and set(found) - set(proxies) <= {"fc00::/7"}
     assert re.findall(r"(\S+) 1;", env["TRUSTED_PROXY_GEO"]) == found
     assert env["REAL_IP_FROM"].replace("set_real_ip_from ", "").replace(";", "").split() == found
+
+
+def test_an_ingress_keeps_the_plain_port_off_a_load_balancer(
+    template: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    proc = template("--set", "ingress.enabled=true")
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    service = next(d for d in docs if d["kind"] == "Service" and "gateway" in d["metadata"]["name"])
+    assert service["spec"]["type"] == "ClusterIP"
+    refused = template(
+        "--set", "ingress.enabled=true", "--set", "gateway.service.type=LoadBalancer"
+    )
+    assert refused.returncode != 0 and "must be ClusterIP" in refused.stderr
+    default = Rendered("d", [d for d in yaml.safe_load_all(template().stdout) if d])
+    assert default.one("Service", "-gateway")["spec"]["type"] == "LoadBalancer"
+
+
+def test_variant_signing_keys_come_from_a_secret(
+    template: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    proc = template("--set", "variants.signingKeys.existingSecret=img-variant-keys")
+    assert proc.returncode == 0, proc.stderr
+    r = Rendered("x", [d for d in yaml.safe_load_all(proc.stdout) if d])
+    uploader = r.one("Deployment", "-uploader")["spec"]["template"]["spec"]["containers"][0]
+    ref = env_of(uploader)["IMAGEGATE_VARIANT_SIGNING_KEYS"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "img-variant-keys", "key": "keys"}
 
 
 def test_a_private_s3_ca_reaches_the_gateway_and_every_s3_client(

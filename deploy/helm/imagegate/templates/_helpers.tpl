@@ -214,6 +214,11 @@ imagegate's chmod of it fails (EPERM) as uid 10001. */}}
 - name: IMAGEGATE_CODEC_MEMORY_MIB
   value: {{ $v.uploader.codecMemoryMib | quote }}
 {{- end }}
+{{- if and (eq .role "uploader") $v.variants.signingKeys.existingSecret }}
+- name: IMAGEGATE_VARIANT_SIGNING_KEYS
+  valueFrom:
+    secretKeyRef: {name: {{ $v.variants.signingKeys.existingSecret }}, key: {{ $v.variants.signingKeys.key }}}
+{{- end }}
 {{- if has .role (list "uploader" "worker") }}
 # Variant processes: the worker's make every upload's presets; the uploader's, missing ones on
 # demand. Their memory ceiling is the codec workers' (IMAGEGATE_CODEC_MEMORY_MIB).
@@ -230,12 +235,21 @@ imagegate's chmod of it fails (EPERM) as uid 10001. */}}
 {{- end }}
 {{- end -}}
 
-{{/* The data dir's size: two files (received, processed) per upload in progress. */}}
+{{/* The data dir's size. Uploader: two files (received, processed) per upload in progress,
+and a copy of the original per variant made on demand (16 at once at most, see
+variants/maker.py ON_DEMAND_MAX) plus each variant worker's outputs. Worker: per variant
+worker, the original's copy and its outputs. (dict "root" $ "role" ROLE) */}}
 {{- define "imagegate.dataSize" -}}
-{{- $v := .Values -}}
+{{- $v := .root.Values -}}
+{{- $max := $v.config.uploadMaxBytes -}}
+{{- $bytes := 0 -}}
+{{- if eq .role "uploader" -}}
 {{- $uploads := add $v.uploader.codecWorkers $v.uploader.codecQueue -}}
-{{- $mib := div (mul 2 $v.config.uploadMaxBytes $uploads) 1048576 -}}
-{{- printf "%dMi" (add $mib 256) -}}
+{{- $bytes = add (mul 2 $max $uploads) (mul $max (add 16 $v.uploader.variantWorkers)) -}}
+{{- else if eq .role "worker" -}}
+{{- $bytes = mul 2 $max $v.worker.variantWorkers -}}
+{{- end -}}
+{{- printf "%dMi" (add (div $bytes 1048576) 256) -}}
 {{- end -}}
 
 {{- define "imagegate.topologySpread" -}}
