@@ -186,6 +186,7 @@ def _gateway(
     plain = free_port()
     values |= {
         "NGINX_USER_DIRECTIVE": "user root;" if os.geteuid() == 0 else "",
+        "OWNER_CACHE_DIR": str(run_dir / "owner-cache"),  # never the stack gateway's own
         "MINIO_SERVERS": f"server 127.0.0.1:{minio_port};",
         "MINIO_HOST": f"localhost:{minio_port}",
         "S3_SCHEME": "https",
