@@ -396,6 +396,8 @@ http {{
     fastcgi_temp_path {run}/fcgi; uwsgi_temp_path {run}/uwsgi; scgi_temp_path {run}/scgi;
     access_log {run}/access.log;
     map $http_x_request_id $req_id {{ default $request_id; }}
+    # proxy-headers.conf's scheme (the gateway's nginx.conf maps it from trusted proxies).
+    map $scheme $forwarded_proto {{ default $scheme; }}
     include {conf_cache}/auth-key.conf;
     proxy_cache_path {run}/auth-cache levels=1:2 keys_zone=auth:10m inactive=60s use_temp_path=off;
     upstream security {{ {security} keepalive 32; }}
