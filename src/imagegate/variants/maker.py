@@ -71,6 +71,7 @@ class VariantMaker:
         self._inflight: dict[str, asyncio.Task[list[StoredVariant]]] = {}
         self._work = settings.data_dir / "variants-tmp"
         self._queue: asyncio.Queue[str] = asyncio.Queue(QUEUE_SIZE)
+        self._queued: set[str] = set()  # names in the queue
         self._makers: list[asyncio.Task[None]] = []
         self._pruner: asyncio.Task[None] | None = None
 
@@ -83,20 +84,30 @@ class VariantMaker:
         return self._pool
 
     async def schedule(self, image_name: str) -> None:
-        """Queue the image's presets for the background makers and return: an event's other
-        handlers (webhooks) and the events after it do not wait for the pictures. Waits only
-        when the queue is full. A queued job lost to a crash is made on demand when asked for,
-        or by ``imagegate variants rebuild``."""
+        """Queue the image's presets for the background makers and return at once: an event's
+        other handlers (webhooks) and the events after it never wait for the pictures. An
+        image already queued is not queued twice; with the queue full, it is left out (logged):
+        the event path must not slow down to the variant workers' pace. Either way, and for a
+        job lost to a crash, the variants are made on demand when first asked for, or by
+        ``imagegate variants rebuild``."""
         if not self._makers:
             self._makers = [
                 asyncio.create_task(self._background(), name=f"variants-{i}")
                 for i in range(self.settings.variant_workers)
             ]
-        await self._queue.put(image_name)
+        if image_name in self._queued:
+            return
+        try:
+            self._queue.put_nowait(image_name)
+        except asyncio.QueueFull:
+            log.warning("variant queue full: %s left to be made on demand", image_name)
+            return
+        self._queued.add(image_name)
 
     async def _background(self) -> None:
         while True:
             name = await self._queue.get()
+            self._queued.discard(name)
             try:
                 await self.make_presets(name)
             except AppError as exc:  # the workers refused the original: no point retrying
