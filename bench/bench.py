@@ -384,7 +384,8 @@ def stack_module():  # type: ignore[no-untyped-def]
     return load()
 
 
-BENCH_NGINX = """
+# The start of every NGINX config the bench writes (the baselines).
+NGINX_HEAD = """
 {user}
 worker_processes auto;
 pid {run}/nginx.pid;
@@ -395,7 +396,12 @@ http {{
     client_body_temp_path {run}/body; proxy_temp_path {run}/proxy;
     fastcgi_temp_path {run}/fcgi; uwsgi_temp_path {run}/uwsgi; scgi_temp_path {run}/scgi;
     access_log {run}/access.log;
-    map $http_x_request_id $req_id {{ default $request_id; }}
+"""
+
+
+BENCH_NGINX = (
+    NGINX_HEAD
+    + """    map $http_x_request_id $req_id {{ default $request_id; }}
     # proxy-headers.conf's scheme (the gateway's nginx.conf maps it from trusted proxies).
     map $scheme $forwarded_proto {{ default $scheme; }}
     include {conf_cache}/auth-key.conf;
@@ -413,6 +419,7 @@ http {{
     {auth_servers}
 }}
 """
+)
 
 
 AUTH_SERVER = """
@@ -754,20 +761,12 @@ def event_rows(b: Bench, stack: ModuleType) -> None:
 BEFORE_LIMITS = "ba1fce3"
 
 
-STATIC_NGINX = """
-{user}
-worker_processes auto;
-pid {run}/nginx.pid;
-error_log {run}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    sendfile on; tcp_nopush on; keepalive_timeout 65s; keepalive_requests 100000;
-    client_body_temp_path {run}/body; proxy_temp_path {run}/proxy;
-    fastcgi_temp_path {run}/fcgi; uwsgi_temp_path {run}/uwsgi; scgi_temp_path {run}/scgi;
-    access_log {run}/access.log;
-    server {{ listen 127.0.0.1:{port} reuseport; root {static_dir}; }}
+STATIC_NGINX = (
+    NGINX_HEAD
+    + """    server {{ listen 127.0.0.1:{port} reuseport; root {static_dir}; }}
 }}
 """
+)
 
 
 @contextmanager
