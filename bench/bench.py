@@ -1,6 +1,6 @@
 """imagegate benchmarks: every number next to the ceiling it could reach, measured in one run.
 
-    bench/run [--quick] [--json FILE] [--only limits|feed|events|serving|variants]
+    bench/run [--quick] [--json FILE] [--only limits|feed|events|serving|variants|startup]
 
 Load comes from wrk (Debian's), one thread, driven by Lua scripts; its own ceiling is the NGINX
 static baseline. Targets: embedded mode (`imagegate serve`) and the local production stack
@@ -23,7 +23,9 @@ outbox backlog next to Kafka's own producer benchmark; every event must arrive (
 no error budget). The variant rows (``--only variants``; bench/variants.py) compare making a
 12 MP photo's variants with a bare Pillow loop, report a variant job's memory and the thumb's
 bytes, uploads before and after variants, and a thumb GET (embedded, and through the gateway)
-with NGINX static of the same bytes.
+with NGINX static of the same bytes. The start-up rows (``--only startup``; bench/startup.py)
+time ``imagegate --help`` and ``imagegate whoami`` next to ``python -c pass``, and
+``imagegate serve`` to its first ``/status`` answer next to a bare FastAPI app's, alternating.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import account_feed  # noqa: E402  (bench/account_feed.py: this folder is on sys.path when run)
 import events  # noqa: E402  (bench/events.py, likewise)
+import startup  # noqa: E402  (bench/startup.py, likewise)
 import variants  # noqa: E402  (bench/variants.py, likewise)
 
 from imagegate.settings import Settings  # noqa: E402
@@ -172,10 +175,14 @@ class Bench:
         duration: float | None = None,
         tokens: list[str] | None = None,
         bodies: list[bytes] | None = None,
+        unique: bool = False,
     ) -> Load:
         """One wrk run; with ``tokens`` (or ``bodies``), requests take turns among those bearer
         tokens (or request bodies): several accounts, as real traffic has, since uploads are
-        shared fairly between accounts and logins are throttled per account."""
+        shared fairly between accounts and logins are throttled per account. ``unique``: each
+        request's ``body`` gets its own tail (a run id and a count), as upload rows need: the
+        same bytes uploaded again by an account are answered from its first upload, unprocessed
+        (issue 13's same upload twice); image formats ignore bytes after their end."""
         script = self.work / f"wrk-{time.monotonic_ns()}.lua"
         lines = [f'wrk.method = "{method}"']
         for name, value in (headers or {}).items():
@@ -191,6 +198,16 @@ class Bench:
             body_file.write_bytes(body)
             lines.append(
                 f'local f = io.open("{body_file}", "rb"); wrk.body = f:read("*all"); f:close()'
+            )
+        if unique:
+            assert body is not None, "unique needs a body"
+            lines.append(
+                "local base, sent, turn = wrk.body, 0, request\n"
+                "request = function()\n"
+                "  sent = sent + 1\n"
+                f'  wrk.body = base .. "{secrets.token_hex(8)}-" .. sent\n'
+                "  if turn then return turn() end\n"
+                "  return wrk.format()\nend"
             )
         lines.append(
             "done = function(s, lat, req)\n"
@@ -587,6 +604,7 @@ def measure_target(
                 method="POST",
                 body=IMAGES[size],
                 tokens=upload_tokens,
+                unique=True,
                 connections=CORES * 2,
                 duration=b.duration * (2 if size == "12mp" else 1),
             )
@@ -626,6 +644,10 @@ def measure_target(
 def run(b: Bench, only: str = "all") -> None:
     make_images()
     print(f"machine: {CORES} cores; wrk -t1; {b.duration} s per load run", flush=True)
+    if only in ("all", "startup"):
+        startup.startup_rows(b)  # no load, no stack: first, on a machine not yet warm from wrk
+        if only == "startup":
+            return
     if only == "limits":
         limits_before_after(b)
         return
@@ -894,6 +916,7 @@ def limits_before_after(b: Bench) -> None:
                 method="POST",
                 body=IMAGES["1mp"],
                 tokens=upload_tokens[name],
+                unique=True,
                 connections=CORES * 2,
                 duration=s,
             )
@@ -1107,11 +1130,12 @@ def main(argv: list[str] | None = None, *, on_row: Callable[[Row], None] | None 
     parser.add_argument("--json", type=Path, help="write the rows as JSON to this file")
     parser.add_argument(
         "--only",
-        choices=("all", "limits", "feed", "events", "serving", "variants"),
+        choices=("all", "limits", "feed", "events", "serving", "variants", "startup"),
         default="all",
         help="limits: only the connection limits' rows (embedded, no stack); events: only the "
         "event rows (stack); serving: only embedded small-image downloads against NGINX static "
-        "(no stack); variants: only the variant rows (bench/variants.py; stack)",
+        "(no stack); variants: only the variant rows (bench/variants.py; stack); startup: "
+        "only the start-up rows (bench/startup.py; no stack)",
     )
     args = parser.parse_args(argv)
     start = time.monotonic()

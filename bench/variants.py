@@ -355,6 +355,7 @@ def upload_rows(b: Any, bench: ModuleType) -> None:
                             method="POST",
                             body=bench.IMAGES["1mp"],
                             tokens=tokens,
+                            unique=True,
                             connections=connections,
                             duration=seconds,
                         )

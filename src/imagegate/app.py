@@ -13,6 +13,7 @@ from imagegate.deps import BEARER_SCHEME, BEARER_SCHEME_NAME
 from imagegate.errors import install_error_handlers
 from imagegate.middleware import BodyLimit, RequestContext
 from imagegate.runtime import build_runtime
+from imagegate.security import apikey_routes
 from imagegate.security import routes as security_routes
 from imagegate.serving import ImageFastPath
 from imagegate.settings import ALL_ROLES, Role, Settings
@@ -39,6 +40,7 @@ def create_app(settings: Settings, roles: tuple[Role, ...] = ALL_ROLES) -> FastA
     routers: list[APIRouter] = []
     if "security" in roles:
         routers.append(security_routes.router)
+        routers.append(apikey_routes.router)
         routers.append(webhook_routes.router)  # account settings: with the security service
     if "uploader" in roles:
         routers.append(uploader_routes.router)

@@ -1,46 +1,59 @@
-"""The ``imagegate`` command: its arguments, help text, and what each subcommand does."""
+"""The ``imagegate`` command: its arguments, help text, and which module runs each command.
+
+Only argparse is loaded here, so that ``imagegate --help`` and the client commands answer at
+once: the client commands run in ``imagegate.client.commands`` (httpx; rich only for a terminal's
+progress bars), the server-administration commands in ``imagegate.admin`` (the whole server),
+each imported when its command runs."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import getpass
-import json
-import logging
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Any
 
-from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncSession
+from imagegate import __version__
 
-from imagegate import __version__, server
-from imagegate.app import create_app
-from imagegate.db import queries
-from imagegate.db.engine import create_engine, create_sessionmaker, is_sqlite
-from imagegate.db.migrate import upgrade
-from imagegate.errors import AppError, Conflict
-from imagegate.events import setup as event_setup
-from imagegate.runtime import DataDirBusy, build_storage, prepare_data_dir, signing_key_path
-from imagegate.security.accounts import create_account, delete_account
-from imagegate.security.keys import load_or_create_signing_key, public_pem
-from imagegate.security.passwords import Passwords, normalize_login
-from imagegate.settings import ALL_ROLES, SERVICE_ROLES, Role, Settings, load_settings
-from imagegate.storage.s3 import S3Storage
-from imagegate.tls import ensure_self_signed
-
-log = logging.getLogger("imagegate")
 DEMO_LOGIN, DEMO_PASSWORD = "bob", "qwe123"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
+# Mirrors of server constants, so that building the parser loads none of the server; a unit
+# test checks they equal the originals (settings.SERVICE_ROLES, events.setup.DEFAULT_*).
+SERVICE_ROLES = ("security", "uploader", "relay", "worker")
+KAFKA_PARTITIONS, KAFKA_REPLICATION, KAFKA_MIN_INSYNC = 6, 3, 2
+KAFKA_CONNECT_TIMEOUT = 30.0
+
+CLIENT_COMMANDS = frozenset({"login", "logout", "whoami", "push", "ls", "pull", "rm"})
+CLIENT_KEY_ACTIONS = frozenset({"create", "list", "revoke"})
+
 DESCRIPTION = """\
 imagegate: a self-hosted image service. People register, log in, upload images
-and get them back, publicly or privately. 'imagegate serve' runs it; the other
-commands manage accounts, keys, storage and the database.
+and get them back, publicly or privately. The same command is the client (from
+any machine, over HTTP) and the server's administration tool (on the server)."""
 
-Every setting is also an environment variable (IMAGEGATE_DATA_DIR,
+SECTIONS = """\
+client commands (any machine; 'imagegate login URL' first, or IMAGEGATE_URL and
+IMAGEGATE_API_KEY for scripts):
+  login URL             log in to a server and keep the session
+  logout                end the session and forget it
+  whoami                the account you are logged in as
+  push FILE|DIR...      upload images, with progress; resumable
+  ls                    list your images
+  pull NAME             download one of your images
+  rm NAME...            delete images
+  keys create|list|revoke
+                        API keys for scripts and CI
+
+server administration (on the server, with its data dir or database):
+  serve                 run the service
+  user                  manage accounts
+  db                    database schema
+  storage               set up image storage
+  events                set up Kafka for the events
+  variants              image variants (thumbnails, AVIF/WebP)
+  tls                   certificates for HTTPS
+  keys public|rotate    token signing keys
+  openapi               print the OpenAPI description of every route (JSON)
+
+Every server setting is also an environment variable (IMAGEGATE_DATA_DIR,
 IMAGEGATE_DATABASE_URL, ...: see the README); a flag overrides its variable."""
 
 EXAMPLES = """\
@@ -48,7 +61,8 @@ examples:
   imagegate serve --demo            run everything on http://127.0.0.1:8080, data in ./data,
                                     with the demo account bob / qwe123
   imagegate user add alice          create an account (asks for the password)
-  imagegate user list               every account, with its images and bytes
+  imagegate login http://127.0.0.1:8080     log in (asks for the login and password)
+  imagegate push ~/Pictures --jobs 4        upload a folder, 4 files at a time
   imagegate openapi > openapi.json  the API description, for client generators
 
 'imagegate COMMAND --help' explains each command."""
@@ -116,12 +130,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imagegate",
-        description=DESCRIPTION,
+        usage="imagegate [-h] [--version] COMMAND ...",
+        description=DESCRIPTION + "\n\n" + SECTIONS,
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"imagegate {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", prog="imagegate")
+    _client_commands(sub)
 
     serve = _command(
         sub,
@@ -224,11 +240,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     _common(init)
 
-    keys_sub = _actions(sub, "keys", "token signing keys", "imagegate keys public > jwt-public.pem")
+    keys_sub = _actions(
+        sub,
+        "keys",
+        "API keys (client) and token signing keys (server)",
+        "imagegate keys create ci-upload --scope images:write --expires-in-days 90",
+        "imagegate keys list",
+        "imagegate keys public > jwt-public.pem    # on the server",
+    )
+    _client_key_actions(keys_sub)
     pub = _command(
         keys_sub,
         "public",
-        "print the public key that verifies tokens",
+        "server: print the public key that verifies tokens",
         "imagegate keys public > jwt-public.pem",
         description=(
             "Print the public key that verifies tokens (PEM), creating the signing key in\n"
@@ -237,6 +261,19 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     _common(pub)
+    rotate = _command(
+        keys_sub,
+        "rotate",
+        "server: make a new token signing key",
+        "imagegate keys rotate",
+        description=(
+            "Server administration: make a new token signing key. New tokens are signed\n"
+            "with it once every replica can verify it (IMAGEGATE_JWT_KEY_ACTIVATION_SECONDS);\n"
+            "the previous key stays published (JWKS) and keeps verifying until every token\n"
+            "it signed has expired, so nobody is logged out. Prints the new key's id (kid)."
+        ),
+    )
+    _common(rotate)
 
     tls_sub = _actions(
         sub,
@@ -369,7 +406,7 @@ def _parser() -> argparse.ArgumentParser:
     layout.add_argument(
         "--partitions",
         type=int,
-        default=event_setup.DEFAULT_PARTITIONS,
+        default=KAFKA_PARTITIONS,
         metavar="N",
         help="partitions of each topic: at most this many workers share the work "
         "(default: %(default)s)",
@@ -377,14 +414,14 @@ def _parser() -> argparse.ArgumentParser:
     layout.add_argument(
         "--replication-factor",
         type=int,
-        default=event_setup.DEFAULT_REPLICATION,
+        default=KAFKA_REPLICATION,
         metavar="N",
         help="copies of each partition, on different brokers (default: %(default)s)",
     )
     layout.add_argument(
         "--min-insync-replicas",
         type=int,
-        default=event_setup.DEFAULT_MIN_INSYNC,
+        default=KAFKA_MIN_INSYNC,
         metavar="N",
         help="copies a write needs before it is acknowledged (default: %(default)s)",
     )
@@ -411,7 +448,7 @@ def _parser() -> argparse.ArgumentParser:
     setup.add_argument(
         "--timeout",
         type=float,
-        default=event_setup.CONNECT_TIMEOUT_SECONDS,
+        default=KAFKA_CONNECT_TIMEOUT,
         metavar="SECONDS",
         help="how long to wait for the cluster to answer (default: %(default)g)",
     )
@@ -422,286 +459,200 @@ def _parser() -> argparse.ArgumentParser:
         metavar="LEVEL",
         help=f"{', '.join(LOG_LEVELS)} (default: warning)",
     )
+    # The commands are listed by SECTIONS (client, then server administration), not by
+    # argparse's one alphabetical list.
+    sub._choices_actions.clear()
+    sub.help = argparse.SUPPRESS
     return parser
 
 
-def _events_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings 'events setup' takes from its flags (None: the environment's)."""
-    password, source = None, args.password_file
-    if source == "-":
-        password = sys.stdin.readline().rstrip("\r\n")
-    elif source:
-        try:
-            with open(source, encoding="utf-8") as f:
-                password = f.readline().rstrip("\r\n")
-        except OSError as exc:
-            raise SystemExit(f"error: cannot read the password file: {exc}") from None
-    return {
-        "kafka_bootstrap": args.bootstrap,
-        "kafka_username": args.username,
-        "kafka_password": password,
-        "kafka_topic_prefix": args.topic_prefix,
-        "kafka_consumer_group": args.worker_group,
-    }
+CONNECTION = """\
+The server and the credentials: IMAGEGATE_URL and IMAGEGATE_API_KEY when set (for
+scripts and CI), else what 'imagegate login' stored in
+$XDG_CONFIG_HOME/imagegate/credentials.json (~/.config/imagegate/, mode 0600)."""
 
 
-def _events_setup(settings: Settings, args: argparse.Namespace) -> None:
-    principals = None
-    if args.acls:
-        users = {"--relay-user": args.relay_user, "--worker-user": args.worker_user}
-        users["--reader-user"] = args.reader_user
-        absent = [flag for flag, name in users.items() if not name]
-        if absent:
-            raise SystemExit(f"error: --acls needs {', '.join(absent)}")
-        principals = (args.relay_user, args.worker_user, args.reader_user)
-    options = event_setup.Options(
-        partitions=args.partitions,
-        replication=args.replication_factor,
-        min_insync=args.min_insync_replicas,
-        grow_partitions=args.grow_partitions,
-        principals=principals,
-        connect_timeout=args.timeout,
+def _client(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help: str,
+    description: str,
+    *examples: str,
+) -> argparse.ArgumentParser:
+    return _command(sub, name, help, *examples, description=description + "\n\n" + CONNECTION)
+
+
+def _client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    login = _command(
+        sub,
+        "login",
+        "log in to a server and keep the session",
+        "imagegate login https://images.example.org            # asks for login and password",
+        "imagegate login https://images.example.org --user alice",
+        "printf '%s\\n' \"$KEY\" | imagegate login https://images.example.org --api-key",
+        description=(
+            "Log in to the server at URL. On a terminal the login and password are asked\n"
+            "for (the password is not shown); otherwise they are the first lines of\n"
+            "standard input. The URL and the session's refresh token (renewed as it is\n"
+            "used) are kept in $XDG_CONFIG_HOME/imagegate/credentials.json\n"
+            "(~/.config/imagegate/), readable only by you (mode 0600).\n"
+            "\n"
+            "With --api-key, an API key ('imagegate keys create') is kept instead of a\n"
+            "session: for unattended use. Scripts can also skip login and set\n"
+            "IMAGEGATE_URL and IMAGEGATE_API_KEY."
+        ),
     )
-    try:
-        event_setup.setup(settings, options, say=lambda line: print(line, flush=True))
-    except event_setup.SetupError as exc:
-        raise SystemExit(f"error: {exc}") from None
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    flags: dict[str, Any] = {
-        "data_dir": getattr(args, "data_dir", None),
-        "database_url": getattr(args, "database_url", None),
-        "log_level": getattr(args, "log_level", None),
-    }
-    if args.command == "serve":
-        flags |= {
-            "host": args.host,
-            "port": args.port,
-            "demo": args.demo,
-            "tls": args.tls,
-            "tls_cert": args.cert,
-            "tls_key": args.key,
-        }
-    if args.command == "events":
-        flags |= _events_flags(args)
-    try:
-        return load_settings(**flags)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise SystemExit(f"error: invalid settings: {problems}") from None
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    login.add_argument("url", metavar="URL", help="the server, e.g. https://images.example.org")
+    login.add_argument("--user", metavar="LOGIN", help="the login (default: asked for)")
+    login.add_argument(
+        "--api-key",
+        action="store_true",
+        help="keep an API key (asked for, or the first line of standard input) instead",
     )
-
-
-def _log_level(args: argparse.Namespace, settings: Settings) -> str:
-    """The server logs at IMAGEGATE_LOG_LEVEL; an admin command prints only its answer, so it
-    logs warnings and errors unless asked otherwise with its own --log-level flag."""
-    if args.command == "serve":
-        return settings.log_level
-    return str(getattr(args, "log_level", None) or "warning")
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
-def _read_password() -> str:
-    if sys.stdin.isatty():
-        first = getpass.getpass("Password: ")
-        if first != getpass.getpass("Repeat password: "):
-            raise SystemExit("error: passwords do not match")
-        return first
-    return sys.stdin.readline().rstrip("\r\n")
-
-
-@asynccontextmanager
-async def _session(settings: Settings) -> AsyncIterator[AsyncSession]:
-    """A session on the configured database, for one CLI command."""
-    engine = create_engine(settings.effective_database_url)
-    try:
-        async with create_sessionmaker(engine)() as session:
-            yield session
-    finally:
-        await engine.dispose()
-
-
-def _passwords(settings: Settings) -> Passwords:
-    return Passwords(
-        settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism, 1
+    logout = _client(
+        sub,
+        "logout",
+        "end the session and forget it",
+        "End the session on the server (its tokens stop working) and remove the stored\n"
+        "credentials. A stored API key is only forgotten: revoke it with 'keys revoke'.",
+        "imagegate logout",
+        "imagegate logout --all     # every session of the account, on every machine",
     )
-
-
-async def _add_user(settings: Settings, login: str, password: str, *, enforce: bool) -> None:
-    async with _session(settings) as session:
-        user = await create_account(
-            session,
-            _passwords(settings),
-            login,
-            password,
-            min_length=settings.password_min_length,
-            source=settings.event_source,
-            enforce_policy=enforce,
-        )
-    print(f"created {user.login} ({user.id})")
-
-
-async def _ensure_demo_user(settings: Settings) -> None:
-    async with _session(settings) as session:
-        if await queries.user_by_login(session, DEMO_LOGIN) is not None:
-            return
-        try:
-            await _add_user(settings, DEMO_LOGIN, DEMO_PASSWORD, enforce=False)
-        except Conflict:
-            return  # another replica created it a moment ago
-    banner = "!" * 78
-    log.warning(
-        "\n%s\n  DEMO MODE: created user %r with the well-known password %r.\n"
-        "  It bypasses the password policy. Never use --demo on a reachable host.\n%s",
-        banner,
-        DEMO_LOGIN,
-        DEMO_PASSWORD,
-        banner,
+    logout.add_argument("--all", action="store_true", help="end every session of the account")
+    whoami = _client(
+        sub,
+        "whoami",
+        "the account you are logged in as",
+        "Print the account you are logged in as, the server, and your images and bytes.",
+        "imagegate whoami",
+        "imagegate whoami --json",
     )
-
-
-async def _list_users(settings: Settings) -> None:
-    async with _session(settings) as session:
-        for account in await queries.accounts(session):
-            print(
-                f"{account.login}\t{account.id}\t{account.created_at.isoformat()}\t"
-                f"{_count(account.images, 'image')}\t{_count(account.bytes, 'byte')}"
-            )
-
-
-async def _delete_user(settings: Settings, login: str) -> None:
-    async with _session(settings) as session:
-        user = await queries.user_by_login(session, normalize_login(login))
-        if user is None:
-            raise SystemExit(f"error: no such user: {login}")
-        try:
-            deleted = await delete_account(session, user, source=settings.event_source)
-        except LookupError:  # deleted by someone else a moment ago
-            raise SystemExit(f"error: no such user: {login}") from None
-    # The records are gone; the bytes are removed by the account.deleted handler: the running
-    # server's dispatcher (or the Kafka worker) picks the event up from the outbox.
-    if deleted.images == 0:
-        print(f"deleted {deleted.login} and 0 images")
-    else:
-        print(
-            f"deleted {deleted.login} and {_count(deleted.images, 'image')}; the image files "
-            "are removed in the background by the server (within seconds while it runs)"
-        )
-
-
-def _serve(settings: Settings, role: Role | None) -> None:
-    roles: tuple[Role, ...] = (role,) if role else ALL_ROLES
-    if role == "relay" and is_sqlite(settings.effective_database_url):
-        raise SystemExit(
-            "error: the relay needs PostgreSQL (IMAGEGATE_DATABASE_URL=postgresql://...); "
-            "with SQLite, events are handled inside 'imagegate serve' (IMAGEGATE_EVENTS=inline)"
-        )
-    prepare_data_dir(settings.data_dir)
-    if settings.migrate_on_start:
-        upgrade(settings.effective_database_url)
-    if settings.demo:
-        asyncio.run(_ensure_demo_user(settings))
-    ssl: dict[str, Any] = {}
-    if settings.tls_cert and settings.tls_key:
-        ssl = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
-    elif settings.tls:
-        cert, key = ensure_self_signed(settings.data_dir / "tls")
-        ssl = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
-    app = create_app(settings, roles)
-    scheme = "https" if ssl else "http"
-    log.info("imagegate %s on %s://%s:%d", "+".join(roles), scheme, settings.host, settings.port)
-    server.run(app, settings, ssl)
-
-
-def _variants(settings: Settings, args: argparse.Namespace) -> None:
-    from imagegate.variants import rebuild, signing
-
-    if args.variants_command == "sign":
-        if not settings.variant_signing_keys:
-            raise SystemExit("error: set IMAGEGATE_VARIANT_SIGNING_KEYS (the first key signs)")
-        if args.width is None and args.height is None:
-            raise SystemExit("error: give --width, --height or both")
-        path = f"/images/size/{args.image}"
-        message = signing.signed_message(path, args.width, args.height, args.fit)
-        sig = signing.sign(settings.variant_signing_keys[0], message)
-        query = f"w={args.width or ''}&h={args.height or ''}&fit={args.fit}&sig={sig}"
-        print(f"{path}?{query}")
-        return
-    if args.jobs < 1:
-        raise SystemExit("error: --jobs must be 1 or more")
-    prepare_data_dir(settings.data_dir)
-    upgrade(settings.effective_database_url)
-    try:
-        done = asyncio.run(rebuild.rebuild(settings, args.preset, args.jobs))
-    except DataDirBusy:
-        raise SystemExit(
-            f"error: a server is using {settings.data_dir}; stop it first (it makes missing "
-            "variants itself when they are asked for)"
-        ) from None
-    print(
-        f"{_count(done.images, 'image')} checked, {_count(done.made, 'variant')} made"
-        + (f", {_count(done.failed, 'image')} refused" if done.failed else "")
+    whoami.add_argument("--json", action="store_true", help="one JSON object")
+    push = _client(
+        sub,
+        "push",
+        "upload images, with progress; resumable",
+        "Upload files, and the files in folders (recursively; names starting with a dot\n"
+        "are skipped), JOBS at a time. On a terminal: a progress bar per file being\n"
+        "sent and one for the whole run (bytes, files, speed, time left), and each\n"
+        "image's URL. Otherwise (or with --json): one JSON object per line, per file\n"
+        '({"type": "file", "file", "status": stored|exists|failed|skipped, "url",\n'
+        '"filename", "http_status", "error"}), then {"type": "summary", ...}.\n'
+        "\n"
+        "A file the server refuses (not an image, too large, ...) is reported with the\n"
+        "server's reason and the others go on. A busy server (503, 429) is asked again\n"
+        "after the time it says. Ctrl-C stops at once and prints what was done; run the\n"
+        "same command again and the images already there are not stored twice (the\n"
+        "server answers 'exists' for the same bytes). Exit status: 0 when every file\n"
+        "is there, 1 when any failed, 130 when interrupted.",
+        "imagegate push holiday/ --jobs 4",
+        "imagegate push a.jpg b.png --private",
+        "imagegate push scans/ --json > pushed.jsonl",
     )
+    push.add_argument("paths", nargs="+", metavar="FILE|DIR", help="files and folders to send")
+    push.add_argument(
+        "--private", action="store_true", help="only you can see them (default: public)"
+    )
+    push.add_argument(
+        "--jobs", type=int, default=4, metavar="N", help="files sent at once (default: 4)"
+    )
+    push.add_argument("--json", action="store_true", help="JSON lines, even on a terminal")
+    ls = _client(
+        sub,
+        "ls",
+        "list your images",
+        "List your images, newest first: name, visibility, size in pixels, bytes,\n"
+        "upload time and URL, separated by tabs (--json: one JSON object a line).",
+        "imagegate ls",
+        "imagegate ls --json | jq -r .filename",
+    )
+    ls.add_argument("--json", action="store_true", help="one JSON object per image and line")
+    pull = _client(
+        sub,
+        "pull",
+        "download one of your images",
+        "Download one of your images (public or private) into FILE (default: its name,\n"
+        "in the current folder; '-' for standard output).",
+        "imagegate pull 21f2e729-7af7-4607-b6ca-c313b27985ae.jpg",
+        "imagegate pull 21f2e729-7af7-4607-b6ca-c313b27985ae.jpg -o cat.jpg",
+    )
+    pull.add_argument("name", metavar="NAME", help="the image's name, <uuid>.<ext>")
+    pull.add_argument("-o", "--output", metavar="FILE", help="where to write it")
+    rm = _client(
+        sub,
+        "rm",
+        "delete images",
+        "Delete your images, by name. Exit status 1 when any could not be deleted.",
+        "imagegate rm 21f2e729-7af7-4607-b6ca-c313b27985ae.jpg",
+    )
+    rm.add_argument("names", nargs="+", metavar="NAME", help="the images' names")
+
+
+def _client_key_actions(keys_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    create = _client(
+        keys_sub,
+        "create",
+        "client: make an API key for a script",
+        "Make an API key for a script or a CI job: a Bearer credential for the image\n"
+        "routes only, with the scopes given. The key is printed once, on standard\n"
+        "output; keep it in your CI's secrets (IMAGEGATE_API_KEY).",
+        "imagegate keys create ci-upload --scope images:write --expires-in-days 90",
+        "imagegate keys create backup --scope images:read",
+    )
+    create.add_argument("name", metavar="NAME", help="what the key is for")
+    create.add_argument(
+        "--scope",
+        action="append",
+        choices=("images:read", "images:write"),
+        metavar="SCOPE",
+        help="images:read or images:write (repeatable; default: both)",
+    )
+    create.add_argument(
+        "--expires-in-days",
+        type=int,
+        metavar="DAYS",
+        help="the key's lifetime (default: the server's)",
+    )
+    create.add_argument("--json", action="store_true", help="the whole answer as JSON")
+    keys_list = _client(
+        keys_sub,
+        "list",
+        "client: list your API keys",
+        "List your API keys: id, name, prefix, scopes, created, last used, expiry (never\n"
+        "the secret), separated by tabs (--json: one JSON object a line).",
+        "imagegate keys list",
+    )
+    keys_list.add_argument("--json", action="store_true", help="one JSON object per key")
+    revoke = _client(
+        keys_sub,
+        "revoke",
+        "client: revoke API keys",
+        "Revoke API keys by id ('imagegate keys list'); they stop working at once.",
+        "imagegate keys revoke 3f6c1d2e-...",
+    )
+    revoke.add_argument("ids", nargs="+", metavar="ID", help="the keys' ids")
+
+
+def _is_client(args: argparse.Namespace) -> bool:
+    if args.command == "keys":
+        return args.keys_command in CLIENT_KEY_ACTIONS
+    return args.command in CLIENT_COMMANDS
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The ``imagegate`` command."""
     args = _parser().parse_args(argv)
-    settings = _settings(args)
-    _configure_logging(_log_level(args, settings))
-    try:
-        if args.command == "serve":
-            _serve(settings, args.role)
-        elif args.command == "db":
-            prepare_data_dir(settings.data_dir)
-            before, after = upgrade(settings.effective_database_url)
-            if before == after:
-                print(f"database schema is up to date (revision {after})")
-            else:
-                print(f"database schema upgraded from {before or 'empty'} to revision {after}")
-        elif args.command == "events":
-            _events_setup(settings, args)
-        elif args.command == "variants":
-            _variants(settings, args)
-        elif args.command == "tls":
-            hosts = tuple(args.host) or ("localhost",)
-            cert_path, key_path = ensure_self_signed(Path(args.folder), hosts)
-            print(f"{cert_path}\n{key_path}")
-        elif args.command == "openapi":
-            sys.stdout.write(json.dumps(create_app(settings).openapi(), indent=1) + "\n")
-        elif args.command == "storage":
-            store = build_storage(settings)
-            if not isinstance(store, S3Storage):
-                raise SystemExit("error: storage init is for S3 storage (IMAGEGATE_STORAGE=s3)")
-            store.init_bucket()
-            print(f"bucket {store.bucket} ready: anonymous reads of public/* only")
-        elif args.command == "keys":
-            prepare_data_dir(settings.data_dir)
-            key = load_or_create_signing_key(signing_key_path(settings))
-            sys.stdout.write(public_pem(key.public_key()).decode())
-        elif args.command == "user":
-            prepare_data_dir(settings.data_dir)
-            upgrade(settings.effective_database_url)
-            if args.user_command == "add":
-                asyncio.run(_add_user(settings, args.login, _read_password(), enforce=True))
-            elif args.user_command == "list":
-                asyncio.run(_list_users(settings))
-            else:
-                asyncio.run(_delete_user(settings, args.login))
-    except AppError as exc:
-        raise SystemExit(f"error: {exc.message}") from None
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+    if _is_client(args):
+        if "httpx" not in sys.modules:
+            # httpx's own command-line tool (httpx._main) would load rich, click and pygments
+            # on every import of httpx (about 0.35 s); this process never uses it.
+            sys.modules["httpx._main"] = None  # type: ignore[assignment]
+        from imagegate.client import commands
+
+        code = commands.run(args)
+        if code:
+            raise SystemExit(code)
+        return
+    from imagegate import admin
+
+    admin.run(args)

@@ -23,7 +23,9 @@ async def status() -> dict[str, str]:
 @router.get(
     "/healthz",
     summary="Readiness: touches the database and the storage; reports events (never 503)",
-    description="200 when the database and (uploader) the storage answer, else 503. "
+    description="200 when the database and (uploader) the storage answer and the codec "
+    'workers have started, else 503 (`checks.codec` is "starting" for the first moments after '
+    "a start). "
     '`checks.events` is "ok", or "degraded" when events are late (the oldest unpublished '
     "event is over a minute old, or the broker is unreachable): the API still works and "
     'every event waits in the outbox, so "degraded" never makes the answer 503; `status` '
@@ -45,6 +47,8 @@ async def healthz(runtime: RuntimeDep) -> JSONResponse:
         except Exception as exc:
             log.warning("health: storage: %s", exc)
             checks["storage"] = "unavailable"
+        # The codec workers start in the background (runtime.py): not ready before them.
+        checks["codec"] = runtime.codec.health if runtime.codec is not None else "starting"
     failing = [k for k, v in checks.items() if v != "ok"]
     # Without the database the outbox cannot be read: no second wait for it.
     events, reasons = await runtime.events.health(outbox=checks["database"] == "ok")

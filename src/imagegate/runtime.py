@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from imagegate.db.engine import create_engine, create_sessionmaker
@@ -20,15 +19,16 @@ from imagegate.events.handlers import HandlerContext
 from imagegate.events.outbox import WAKE_INFO_KEY
 from imagegate.events.service import EventServices
 from imagegate.metrics import Metrics
+from imagegate.security.apikeys import ApiKeys
 from imagegate.security.directory import Directory, build_directory
-from imagegate.security.keys import load_or_create_signing_key, load_public_keys
+from imagegate.security.keys import KeyRing
 from imagegate.security.passwords import Passwords
+from imagegate.security.rotation import RingIssuer, signing_key_file
 from imagegate.security.tokens import TokenIssuer, TokenVerifier
 from imagegate.settings import Role, Settings
 from imagegate.storage.base import Storage
 from imagegate.storage.local import LocalStorage
 from imagegate.storage.reconcile import remove_orphans
-from imagegate.storage.s3 import S3Storage
 from imagegate.uploader.admission import Admission
 from imagegate.uploader.pool import CodecPool
 from imagegate.variants.maker import VariantMaker
@@ -55,6 +55,7 @@ class Runtime:
     events: EventServices
     directory: Directory
     variants: VariantMaker
+    api_keys: ApiKeys
     codec: CodecPool | None = None
     admission: Admission | None = None
     _lock: IO[bytes] | None = field(default=None, repr=False)
@@ -90,9 +91,11 @@ class Runtime:
                 log.warning("storage unavailable at start; orphans not checked: %s", exc)
         self.admission = Admission.from_settings(self.settings, self.metrics.registry)
         self.codec = CodecPool.from_settings(self.settings)
-        await self.codec.warm()
+        # The server answers at once; /healthz says ready when the workers are (pool.py).
+        self.codec.warm_in_background()
 
     async def stop(self) -> None:
+        await self.api_keys.close()
         await self.directory.stop()
         await self.events.stop()
         await self.variants.close()
@@ -122,6 +125,9 @@ def prepare_data_dir(data_dir: Path) -> None:
 
 def build_storage(settings: Settings) -> Storage:
     if settings.storage == "s3":
+        # Imported only for S3: boto3 is a quarter of a second of every start otherwise.
+        from imagegate.storage.s3 import S3Storage
+
         secret = settings.s3_secret_key
         return S3Storage(
             settings.s3_bucket,
@@ -134,24 +140,22 @@ def build_storage(settings: Settings) -> Storage:
 
 
 def signing_key_path(settings: Settings) -> Path:
-    return settings.jwt_private_key_file or settings.data_dir / "jwt-signing-key.pem"
+    return signing_key_file(settings)
 
 
-def _keys(
-    settings: Settings, roles: tuple[Role, ...]
-) -> tuple[ec.EllipticCurvePrivateKey | None, list[ec.EllipticCurvePublicKey]]:
-    """The signing key (security role only) and the keys that verify tokens."""
-    extra = load_public_keys(settings.jwt_public_key_file) if settings.jwt_public_key_file else []
-    if "security" not in roles and extra:
-        return None, extra  # least privilege: a verifier holds public keys only
-    key = load_or_create_signing_key(signing_key_path(settings))
-    return key, [key.public_key(), *extra]
+def _keys(settings: Settings, roles: tuple[Role, ...]) -> KeyRing:
+    """The keys that verify tokens, and sign them (security role only), as a ring that reads
+    its files again when they change (``imagegate keys rotate``, security/rotation.py)."""
+    public_file = settings.jwt_public_key_file
+    if "security" not in roles and public_file:
+        return KeyRing(None, public_file)  # least privilege: a verifier holds public keys only
+    return KeyRing(signing_key_path(settings), public_file)
 
 
 def build_runtime(settings: Settings, roles: tuple[Role, ...]) -> Runtime:
     """Wire the components for ``roles``; starts nothing (see :meth:`Runtime.start`)."""
     prepare_data_dir(settings.data_dir)
-    private_key, public_keys = _keys(settings, roles)
+    ring = _keys(settings, roles)
     url = settings.effective_database_url
     engine = create_engine(url, settings.database_pool_size)
     sessions = create_sessionmaker(engine)
@@ -175,17 +179,18 @@ def build_runtime(settings: Settings, roles: tuple[Role, ...]) -> Runtime:
         events=events,
         variants=variants,
         directory=build_directory(settings, roles, reads, engine, sessions, metrics),
+        api_keys=ApiKeys(reads, sessions),
         verifier=TokenVerifier(
-            public_keys,
+            ring,
             settings.jwt_issuer,
             settings.jwt_audience,
             settings.token_leeway_seconds,
             settings.token_cache_size,
         ),
-        issuer=TokenIssuer(
-            private_key, settings.jwt_issuer, settings.jwt_audience, settings.token_ttl_seconds
+        issuer=RingIssuer(
+            ring, settings.jwt_issuer, settings.jwt_audience, settings.token_ttl_seconds
         )
-        if private_key
+        if ring.can_sign
         else None,
         passwords=Passwords(
             settings.argon2_time_cost,

@@ -36,6 +36,7 @@ from imagegate.db.queries import image_for_viewer
 from imagegate.deps import authenticate
 from imagegate.errors import AppError
 from imagegate.runtime import Runtime
+from imagegate.security.apikeys import READ
 from imagegate.storage.base import Storage
 from imagegate.uploader.formats import is_image_name
 from imagegate.variants import records as variant_records
@@ -421,7 +422,8 @@ class ImageFastPath:
         try:
             owner_id = None
             if not public_route:
-                owner_id = (await authenticate(Request(scope), account_check=True)).user_id
+                owner = await authenticate(Request(scope), account_check=True, scope=READ)
+                owner_id = owner.user_id
             image: Servable | None
             if preset:
                 image = await _variant(runtime, preset, name, b", ".join(accept), owner_id)

@@ -107,6 +107,19 @@ class Settings(BaseSettings):
     token_cache_size: int = Field(
         10_000, ge=0, description="Verified tokens remembered per process (0: verify every time)."
     )
+    jwt_key_activation_seconds: float = Field(
+        10.0,
+        ge=2,
+        le=3600,
+        description="A key made by `imagegate keys rotate` is published at once and signs only "
+        "this long after, so every verifier knows it first (they look at most once a second).",
+    )
+
+    # API keys (security/apikeys.py)
+    api_keys_per_user: int = Field(100, ge=1, le=10_000, description="API keys per account.")
+    api_key_max_days: int = Field(
+        365, ge=1, le=3650, description="Longest lifetime an API key may be given, in days."
+    )
 
     # Passwords and login throttling
     password_min_length: int = Field(12, ge=8, le=1024)
@@ -122,6 +135,33 @@ class Settings(BaseSettings):
         ge=0,
         description="Lifetime of the device cookie a successful login sets; attempts with it "
         "are throttled on their own, so strangers cannot lock the owner out (0: no cookies).",
+    )
+    # Sessions (security/sessions.py)
+    refresh_token_days: float = Field(
+        30,
+        gt=0,
+        le=366,
+        description="A refresh token unused this long expires (each refresh starts the "
+        "period again: sliding).",
+    )
+    session_max_days: float = Field(
+        90,
+        gt=0,
+        le=3660,
+        description="A session (a login and its refreshes) ends this long after the login, "
+        "however often it is refreshed.",
+    )
+    sessions_per_user: int = Field(
+        100,
+        ge=1,
+        le=10_000,
+        description="Open sessions per account; a login past it ends the oldest.",
+    )
+    refresh_max_failures: int = Field(
+        60,
+        ge=1,
+        description="Unknown, expired or revoked refresh tokens per client address within the "
+        "login window before refreshes from it are blocked (as logins are).",
     )
 
     # Uploads

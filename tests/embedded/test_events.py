@@ -285,6 +285,7 @@ def test_kill_9_in_the_middle_of_a_purge_loses_nothing(tmp_path: Path) -> None:
             assert health.json()["checks"] == {
                 "database": "ok",
                 "storage": "ok",
+                "codec": "ok",
                 "events": "degraded",
             }
             samples = metric_samples(c.get("/metrics").text)

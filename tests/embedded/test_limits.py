@@ -7,6 +7,7 @@ progress is read from the admission gauges at /metrics, polled with deadlines.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -101,6 +102,7 @@ def test_places_are_given_back_on_every_path(tight: ServerProcess) -> None:
     """Each failure, more times than the account has places: none is ever answered 503."""
     user = _account(tight)
     jpeg = images.jpeg(64, 64)
+    again = jpeg + b"again"
 
     def leave_mid_body() -> int:
         sock = start_upload(tight.base_url, user.token, jpeg[:100], len(jpeg))
@@ -130,8 +132,12 @@ def test_places_are_given_back_on_every_path(tight: ServerProcess) -> None:
                 400,
             ),
             "client leaves mid-body": (leave_mid_body, 499),
-            "stored": (post(jpeg), 201),
+            # Each its own bytes (a tail after the JPEG's end): the same bytes again are
+            # answered with the first image (200), a path of its own below.
+            "stored": (lambda: post(jpeg + os.urandom(8))(), 201),
+            "the same upload again": (post(again), 200),
         }
+        assert post(again)() == 201
         for name, (send, expected) in cases.items():
             for _ in range(3):
                 assert send() == expected, name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import signal
 import socket
 import sqlite3
@@ -56,8 +57,11 @@ def _hammer(base_url: str, token: str, seed: int, stop: threading.Event, out: li
     data = images.jpeg(1600, 1200, seed=seed)
     with httpx.Client(base_url=base_url, timeout=30) as c:
         while not stop.is_set():
+            # Each upload its own bytes (a tail after the JPEG's end): the same bytes again
+            # would be the same image (200), not a new one.
+            body = data + os.urandom(16)
             try:
-                r = c.post("/v1/upload", content=data, headers={"Authorization": f"Bearer {token}"})
+                r = c.post("/v1/upload", content=body, headers={"Authorization": f"Bearer {token}"})
                 out.append((r.status_code, r.json() if r.status_code == 201 else None))
             except httpx.HTTPError:
                 out.append((-1, None))

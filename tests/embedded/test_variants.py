@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import re
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +36,12 @@ def variant_files(data: Path, name: str) -> set[str]:
     return {p.name for p in (data / "images").glob(f"{name.split('.')[0]}.*.*")}
 
 
+def variant_records(data: Path, name: str) -> int:
+    with sqlite3.connect(data / "imagegate.db") as db:
+        row = db.execute("SELECT count(*) FROM variants WHERE image_name = ?", (name,)).fetchone()
+    return int(row[0])
+
+
 def metric(client: httpx.Client, name: str, labels: str = "") -> float:
     pattern = re.compile(rf"^{name}{re.escape('{' + labels + '}') if labels else ''} (\S+)$", re.M)
     found = pattern.search(client.get("/metrics").text)
@@ -60,9 +68,10 @@ def client(server: ServerProcess) -> Iterator[httpx.Client]:
 
 
 def upload(client: httpx.Client, account: Account, **params: str) -> str:
-    r = client.post(
-        "/v1/upload", content=images.jpeg(900, 600), headers=account.auth, params=params
-    )
+    # Each upload its own bytes (a tail after the JPEG's end): the same bytes again would be
+    # the account's first image (200), not a new one.
+    data = images.jpeg(900, 600) + os.urandom(16)
+    r = client.post("/v1/upload", content=data, headers=account.auth, params=params)
     assert r.status_code == 201, r.text
     return str(r.json()["filename"])
 
@@ -74,6 +83,8 @@ def test_every_preset_is_made_after_the_upload_without_a_request(
     on_demand = metric(client, "imagegate_variant_jobs_total", 'trigger="on_demand"')
     name = upload(client, account)
     wait_until(lambda: len(variant_files(server.data_dir, name)) == DEFAULT_FILES, "12 files")
+    # The files are stored before their records are committed: wait for those too.
+    wait_until(lambda: variant_records(server.data_dir, name) == DEFAULT_FILES, "12 records")
     stem = name.split(".")[0]
     assert variant_files(server.data_dir, name) == {
         f"{stem}.{preset}.{ext}"

@@ -208,11 +208,15 @@ def _files_of_size(folder: Path, size: int) -> bool:
         return False
 
 
+TAIL = 16  # bytes after an image's end that make each upload's bytes its own
+
+
 @pytest.mark.slow
 def test_a_post_cut_off_by_a_dying_replica_is_not_replayed_on_another(stack: Stack) -> None:
     """NGINX may retry idempotent requests on the other replica; an upload must not be, or a
     replica that dies after storing would leave the client's one upload stored twice."""
-    data = images.encode(images.photo(3000, 2000), "PNG")  # about 2 s of codec work
+    photo = images.encode(images.photo(3000, 2000), "PNG")  # about 2 s of codec work
+    size = len(photo) + TAIL
     replicas = ("uploader-1", "uploader-2")
     tmp = {name: stack.state_dir / name / "tmp" for name in replicas}
     with stack.client() as c:
@@ -224,14 +228,19 @@ def test_a_post_cut_off_by_a_dying_replica_is_not_replayed_on_another(stack: Sta
         for _ in range(8):
             rid = f"noretry-{uuid.uuid4().hex}"
             reply: list[httpx.Response | Exception] = []
+            # Each attempt its own bytes (a tail after the PNG's end): the same bytes again
+            # would be answered at once with the first attempt's image (200), never processed.
+            data = photo + os.urandom(TAIL)
 
-            def send(rid: str = rid, reply: list[httpx.Response | Exception] = reply) -> None:
+            def send(
+                rid: str = rid, reply: list[httpx.Response | Exception] = reply, body: bytes = data
+            ) -> None:
                 try:
                     with stack.client(timeout=180) as c:
                         reply.append(
                             c.post(
                                 "/v1/upload",
-                                content=data,
+                                content=body,
                                 headers={**account.auth, "X-Request-Id": rid},
                             )
                         )
@@ -243,11 +252,11 @@ def test_a_post_cut_off_by_a_dying_replica_is_not_replayed_on_another(stack: Sta
             # Which replica has it: the one whose tmp/ holds the whole body, being processed.
             _wait_until(
                 lambda t=sender: (
-                    not t.is_alive() or any(_files_of_size(d, len(data)) for d in tmp.values())
+                    not t.is_alive() or any(_files_of_size(d, size) for d in tmp.values())
                 ),
                 "the body at a replica",
             )
-            holder = next((n for n in replicas if _files_of_size(tmp[n], len(data))), None)
+            holder = next((n for n in replicas if _files_of_size(tmp[n], size)), None)
             if holder is not None:
                 # SIGKILL at once, from here: a `stack kill` subprocess takes long enough to
                 # start under load that the upload could finish first, every time.

@@ -22,6 +22,12 @@ WHEN = "2026-01-02T03:04:05.678901+00:00"
 DATA: dict[str, dict[str, Any]] = {
     EventType.ACCOUNT_CREATED: {"id": OWNER, "login": "alice", "created_at": WHEN},
     EventType.ACCOUNT_DELETED: {"id": OWNER, "login": "alice", "images": 2, "bytes": 3000},
+    EventType.SESSIONS_REVOKED: {
+        "id": OWNER,
+        "sessions": ["a1b2c3"],
+        "tokens_valid_after": None,
+        "reason": "logout",
+    },
     EventType.IMAGE_STORED: {
         "name": NAME,
         "owner": OWNER,

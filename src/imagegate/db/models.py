@@ -15,6 +15,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -44,11 +45,26 @@ class User(Base):
     # delete of an image (see queries.add_image and queries.delete_image).
     image_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     image_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Sessions (security/sessions.py): access tokens without a session issued at or before
+    # this time (Unix seconds) are refused; set by a password change and ``logout?all=true``.
+    tokens_valid_after: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Image(Base):
     __tablename__ = "images"
-    __table_args__ = (Index("ix_images_owner_created", "owner_id", "created_at", "name"),)
+    __table_args__ = (
+        Index("ix_images_owner_created", "owner_id", "created_at", "name"),
+        # Same upload twice (uploader/pipeline.py): one image per owner and uploaded bytes;
+        # also what settles two identical uploads racing on different replicas.
+        Index(
+            "uq_images_owner_upload_sha256",
+            "owner_id",
+            "upload_sha256",
+            unique=True,
+            sqlite_where=text("upload_sha256 IS NOT NULL"),
+            postgresql_where=text("upload_sha256 IS NOT NULL"),
+        ),
+    )
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
@@ -61,6 +77,9 @@ class Image(Base):
     uploaded_bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # sha256 of the bytes as uploaded (``sha256`` is of the stored, re-encoded ones); NULL for
+    # images stored before migration 0011, which are therefore never matched as duplicates.
+    upload_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
 
     @property
     def public(self) -> bool:
@@ -127,6 +146,40 @@ class LoginDevice(Base):
     expires: Mapped[float] = mapped_column(Float)
 
 
+class LoginSession(Base):
+    """A login session: the family of refresh tokens one login started (security/sessions.py).
+
+    Its access tokens carry its id (``sid``) and are refused once ``revoked_at`` is set; a
+    revoked row is kept for an access token's lifetime (so a replica that starts can load the
+    recent revocations), then pruned.
+    """
+
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created: Mapped[float] = mapped_column(Float)
+    expires: Mapped[float] = mapped_column(Float)  # the absolute end, whatever the refreshes
+    last_used: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+
+
+class RefreshToken(Base):
+    """One refresh token of a session, stored only as its SHA-256 (256 random bits: no slow
+    hash needed). A used (rotated) one is kept while it could still be presented, so that its
+    reuse is recognised and revokes the whole session."""
+
+    __tablename__ = "refresh_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE"), index=True
+    )
+    created: Mapped[float] = mapped_column(Float)
+    expires: Mapped[float] = mapped_column(Float)  # sliding: each token lives on its own
+    used: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
 class OutboxEvent(Base):
     """An event written in the same transaction as its change (the transactional outbox);
     the inline dispatcher or the Kafka relay publishes it, then marks it."""
@@ -161,6 +214,24 @@ class PurgeObject(Base):
     public: Mapped[bool] = mapped_column(Boolean)
     owner_id: Mapped[str] = mapped_column(String(36), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ApiKey(Base):
+    """A script's credential (security/apikeys.py): only the SHA-256 of the secret is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    # Deleted with the account: its keys stop at once.
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    # SHA-256 (hex) of the whole key: the key has 256 random bits, so no slow hash is needed.
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # the key's first characters, for display
+    name: Mapped[str] = mapped_column(String(100))
+    scopes: Mapped[str] = mapped_column(String(200))  # space-separated
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Webhook(Base):

@@ -141,6 +141,13 @@ async def images_page(
     return rows[:limit], next_cursor
 
 
+async def image_by_upload(session: AsyncSession, owner_id: str, upload_sha256: str) -> Image | None:
+    """The owner's image whose uploaded bytes had this sha256 (same upload twice), or None."""
+    return await session.scalar(
+        select(Image).where(Image.owner_id == owner_id, Image.upload_sha256 == upload_sha256)
+    )
+
+
 async def add_image(session: AsyncSession, image: Image) -> None:
     """Insert an image record and add it to its owner's usage."""
     session.add(image)

@@ -15,6 +15,10 @@ class EventType:
 
     ACCOUNT_CREATED: Final = "imagegate.account.created"
     ACCOUNT_DELETED: Final = "imagegate.account.deleted"
+    # Sessions ended (logout, password change, a reused refresh token): every replica's
+    # account feed refuses their access tokens (security/sessions.py); a webhook may use it
+    # to tell the person (a refresh token used twice may mean a stolen one).
+    SESSIONS_REVOKED: Final = "imagegate.account.sessions_revoked"
     IMAGE_STORED: Final = "imagegate.image.stored"
     IMAGE_DELETED: Final = "imagegate.image.deleted"
 
@@ -22,6 +26,7 @@ class EventType:
 ALL_TYPES: tuple[str, ...] = (
     EventType.ACCOUNT_CREATED,
     EventType.ACCOUNT_DELETED,
+    EventType.SESSIONS_REVOKED,
     EventType.IMAGE_STORED,
     EventType.IMAGE_DELETED,
 )

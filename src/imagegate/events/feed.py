@@ -19,12 +19,19 @@ How a replica knows its memory is complete (the watermark):
   every replica from ``c + max_lag`` on at the latest (with clocks in sync); in practice as soon
   as its event arrives (the relay's poll interval plus a few milliseconds).
 
+Sessions ride the same feed: ``account.sessions_revoked`` (logout, a password change, a reused
+refresh token; security/sessions.py) lists the ended sessions, whose access tokens (claim
+``sid``) are then refused from memory, and may carry a cut-off (``tokens_valid_after``) for the
+account's tokens without a session. Sessions that were never revoked need no event: a token's
+session is accepted unless the memory knows it ended.
+
 Start (and after anything that may have lost events, such as an offset out of range): note the
-end offset of every partition, load every account from the database, then consume from the
-noted offsets; events replayed over the load are harmless (adding an existing account, deleting
-a missing one). A deleted id is remembered for a token's lifetime plus the leeway, so a late
-duplicate of its ``account.created`` (a relay fail-over can publish a batch twice) cannot bring
-it back, and a token of an account deleted longer ago has expired anyway.
+end offset of every partition, load every account and the recent revocations (those whose
+access tokens could still be valid) from the database, then consume from the noted offsets;
+events replayed over the load are harmless (adding an existing account, deleting a missing one,
+revoking a revoked session). A deleted id is remembered for a token's lifetime plus the leeway,
+so a late duplicate of its ``account.created`` (a relay fail-over can publish a batch twice)
+cannot bring it back, and a token of an account deleted longer ago has expired anyway.
 
 confluent-kafka's Consumer blocks: it is polled in one thread of its own, which is the only
 writer of the in-memory state; request handlers on the event loop only read it (single dict
@@ -40,11 +47,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from imagegate.events.envelope import Event, EventType
+from imagegate.security.tokens import Identity
 from imagegate.settings import Settings
 
 log = logging.getLogger("imagegate.events")
@@ -105,16 +114,30 @@ class AccountState:
         # Partition -> the last heartbeat time consumed there; the watermark is their minimum.
         self.marks: dict[int, float] = {}
         self.watermark = -math.inf
+        # Ended session id -> when it may be forgotten (its access tokens have expired).
+        self.revoked: dict[str, float] = {}
+        # User id -> (tokens_valid_after, when it may be forgotten): sessionless tokens issued
+        # at or before it are refused.
+        self.cutoffs: dict[str, tuple[float, float]] = {}
 
     # --- writer side (the feed thread) ----------------------------------------------------
 
-    def reset(self, partitions: Iterable[int], accounts: set[str]) -> None:
+    def reset(
+        self, partitions: Iterable[int], accounts: set[str], snapshot: Snapshot | None = None
+    ) -> None:
         """A fresh start: nothing is known complete until a heartbeat arrives on every one of
-        ``partitions``; ``accounts`` is the database's state at the noted offsets."""
+        ``partitions``; ``accounts`` (and ``snapshot``'s revocations) is the database's state
+        at the noted offsets."""
         self.watermark = -math.inf  # first: no answer from memory while the state changes
         self.marks = dict.fromkeys(partitions, -math.inf)
         accounts.difference_update(self.deleted)
         self.accounts = accounts
+        if snapshot is not None:
+            until = time.monotonic() + self.deleted_ttl
+            for session_id in snapshot.revoked_sessions:
+                self.revoked.setdefault(session_id, until)
+            for user_id, cutoff in snapshot.cutoffs.items():
+                self._cut(user_id, cutoff, until)
 
     def heartbeat(self, partition: int, at: float) -> None:
         if partition not in self.marks or at <= self.marks[partition]:
@@ -133,6 +156,20 @@ class AccountState:
             # Remembered before removed: a reader between the two steps sees "deleted".
             self.deleted[user_id] = time.monotonic() + self.deleted_ttl
             self.accounts.discard(user_id)
+        elif event.type == EventType.SESSIONS_REVOKED:
+            until = time.monotonic() + self.deleted_ttl
+            sessions = data.get("sessions")
+            for session_id in sessions if isinstance(sessions, list) else ():
+                if isinstance(session_id, str):
+                    self.revoked[session_id] = until
+            cutoff = data.get("tokens_valid_after")
+            if isinstance(cutoff, int | float) and not isinstance(cutoff, bool):
+                self._cut(user_id, float(cutoff), until)
+
+    def _cut(self, user_id: str, cutoff: float, until: float) -> None:
+        previous = self.cutoffs.get(user_id)
+        if previous is None or cutoff >= previous[0]:
+            self.cutoffs[user_id] = (cutoff, until)
 
     def prune(self, now: float | None = None) -> int:
         """Forget deleted ids older than a token's lifetime; the number forgotten."""
@@ -140,7 +177,13 @@ class AccountState:
         old = [user_id for user_id, until in self.deleted.items() if until <= now]
         for user_id in old:
             del self.deleted[user_id]
-        return len(old)
+        ended = [sid for sid, until in self.revoked.items() if until <= now]
+        for session_id in ended:
+            del self.revoked[session_id]
+        cut = [uid for uid, (_, until) in self.cutoffs.items() if until <= now]
+        for user_id in cut:
+            del self.cutoffs[user_id]
+        return len(old) + len(ended) + len(cut)
 
     # --- reader side (the event loop) -----------------------------------------------------
 
@@ -157,9 +200,32 @@ class AccountState:
             return True
         return None
 
+    def refusal(self, identity: Identity) -> str | None:
+        """Why memory refuses a token of an existing account (its session ended), or None.
+        Meaningful only while the lag is small."""
+        if identity.scopes is not None:  # an API key: its own lookup decides
+            return None
+        if identity.session_id is not None:
+            return SESSION_ENDED if identity.session_id in self.revoked else None
+        cut = self.cutoffs.get(identity.user_id)
+        return SESSION_ENDED if cut is not None and identity.issued_at <= cut[0] else None
 
-# Every account id in the database.
-Loader = Callable[[], Coroutine[Any, Any, set[str]]]
+
+# The same words as security/sessions.py's (which imports the database layer; this does not).
+SESSION_ENDED = "session ended (logged out, or the password changed)"
+
+
+@dataclass
+class Snapshot:
+    """What the loader finds in the database at a (re)start."""
+
+    accounts: set[str]
+    revoked_sessions: dict[str, float] = field(default_factory=dict)  # id -> revoked_at
+    cutoffs: dict[str, float] = field(default_factory=dict)  # user id -> tokens_valid_after
+
+
+# Every account id in the database (a Snapshot: and the recent revocations).
+Loader = Callable[[], Coroutine[Any, Any, "set[str] | Snapshot"]]
 
 
 class AccountFeed:
@@ -260,8 +326,10 @@ class AccountFeed:
                 raise RuntimeError(f"end offset of {self.topic}[{partition}]: {exc}") from exc
             ends.append(TopicPartition(self.topic, partition, high))
         assert self._loop is not None
-        accounts = asyncio.run_coroutine_threadsafe(self._load(), self._loop).result(60)
-        self.state.reset([tp.partition for tp in ends], accounts)
+        loaded = asyncio.run_coroutine_threadsafe(self._load(), self._loop).result(60)
+        snapshot = loaded if isinstance(loaded, Snapshot) else Snapshot(loaded)
+        accounts = snapshot.accounts
+        self.state.reset([tp.partition for tp in ends], accounts, snapshot)
         consumer.assign(ends)
         self.syncs += 1
         log.info(

@@ -19,7 +19,7 @@ import time
 from datetime import UTC
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -29,11 +29,14 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from imagegate.db import queries
-from imagegate.db.models import User
+from imagegate.db.models import LoginSession, User
 from imagegate.db.queries import Account
-from imagegate.db.reads import Reader
-from imagegate.events.feed import AccountFeed, Loader
+from imagegate.db.reads import EngineReader, Reader
+from imagegate.events.feed import AccountFeed, Loader, Snapshot
 from imagegate.metrics import Metrics
+from imagegate.security import sessions as login_sessions
+from imagegate.security.sessions import ACCOUNT_GONE
+from imagegate.security.tokens import Identity
 from imagegate.settings import Role, Settings
 
 log = logging.getLogger("imagegate")
@@ -44,13 +47,57 @@ class Directory(Protocol):
         """Whether the account still exists (a deleted account's tokens stop here)."""
         ...
 
+    async def refusal(self, identity: Identity) -> str | None:
+        """Why a verified token is refused (its account deleted, its session ended), or None
+        when it is accepted: the check of every authenticated request."""
+        ...
+
     async def account(self, user_id: str) -> Account | None:
         """The account with its usage, exact as of the call (None: it does not exist)."""
+        ...
+
+    async def account_of(self, identity: Identity) -> Account | str:
+        """:meth:`account` and :meth:`refusal` together (a str: the refusal)."""
         ...
 
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+# The token check: the account's row and, in the same primary-key read, its cut-off and the
+# token's session when that is still open (security/sessions.py).
+_OPEN_SESSION = and_(
+    LoginSession.id == bindparam("sid"),
+    LoginSession.user_id == User.id,
+    LoginSession.revoked_at.is_(None),
+)
+_ACCEPTS = (
+    select(User.id, User.tokens_valid_after, LoginSession.id)
+    .select_from(User)
+    .outerjoin(LoginSession, _OPEN_SESSION)
+    .where(User.id == bindparam("user_id"))
+)
+_ACCOUNT_OF = (
+    select(
+        User.id,
+        User.tokens_valid_after,
+        LoginSession.id,
+        User.login,
+        User.created_at,
+        User.image_count,
+        User.image_bytes,
+    )
+    .select_from(User)
+    .outerjoin(LoginSession, _OPEN_SESSION)
+    .where(User.id == bindparam("user_id"))
+)
+
+
+async def database_refusal(reads: Reader, identity: Identity) -> str | None:
+    """The token check from the database: one primary-key read."""
+    row = await reads.first(_ACCEPTS, user_id=identity.user_id, sid=identity.session_id or "")
+    return login_sessions.refusal(identity, row)
 
 
 class DatabaseDirectory:
@@ -62,8 +109,20 @@ class DatabaseDirectory:
     async def exists(self, user_id: str) -> bool:
         return await queries.user_exists(self.reads, user_id)
 
+    async def refusal(self, identity: Identity) -> str | None:
+        return await database_refusal(self.reads, identity)
+
     async def account(self, user_id: str) -> Account | None:
         return await queries.account(self.reads, user_id)
+
+    async def account_of(self, identity: Identity) -> Account | str:
+        row = await self.reads.first(
+            _ACCOUNT_OF, user_id=identity.user_id, sid=identity.session_id or ""
+        )
+        refused = login_sessions.refusal(identity, row)
+        if refused is not None or row is None:
+            return refused or ACCOUNT_GONE
+        return Account(row[0], row[3], row[4], int(row[5]), int(row[6]))
 
     async def start(self) -> None:
         pass
@@ -192,11 +251,14 @@ class FeedDirectory:
         feed: AccountFeed,
         batcher: AccountBatcher,
         max_lag_seconds: float,
+        reads: Reader | None = None,
     ) -> None:
         self.feed = feed
         self.state = feed.state
         self.batcher = batcher
         self.max_lag = max_lag_seconds
+        # Session checks the memory cannot answer (it lags, or the account is new to it).
+        self.reads = reads if reads is not None else EngineReader(batcher.engine)
         self._lag_fallbacks = feed.fallbacks.labels("lag")
         self._unknown_fallbacks = feed.fallbacks.labels("unknown")
 
@@ -214,11 +276,36 @@ class FeedDirectory:
             self._lag_fallbacks.inc()
         return await self.batcher.get(user_id) is not None
 
+    async def refusal(self, identity: Identity) -> str | None:
+        if self.fresh():
+            known = self.state.known(identity.user_id)
+            if known is False:
+                return ACCOUNT_GONE
+            refused = self.state.refusal(identity)
+            if refused is not None:
+                return refused
+            if known:
+                return None
+            self._unknown_fallbacks.inc()  # created after the feed's last event
+        else:
+            self._lag_fallbacks.inc()
+        if identity.session_id is None and identity.scopes is not None:
+            # An API key: existence is all (its own lookup decides the rest), batched.
+            return None if await self.batcher.get(identity.user_id) is not None else ACCOUNT_GONE
+        return await database_refusal(self.reads, identity)
+
     async def account(self, user_id: str) -> Account | None:
         # A deletion seen by the feed is final; everything else needs the database's usage.
         if user_id in self.state.deleted and self.fresh():
             return None
         return await self.batcher.get(user_id)
+
+    async def account_of(self, identity: Identity) -> Account | str:
+        refused = await self.refusal(identity)
+        if refused is not None:
+            return refused
+        account = await self.batcher.get(identity.user_id)
+        return account if account is not None else ACCOUNT_GONE
 
     async def start(self) -> None:
         await self.feed.start()
@@ -228,10 +315,14 @@ class FeedDirectory:
         await self.batcher.close()
 
 
-def _loader(sessions: async_sessionmaker[AsyncSession]) -> Loader:
-    async def load() -> set[str]:
+def _loader(sessions: async_sessionmaker[AsyncSession], remember_revoked: float) -> Loader:
+    async def load() -> Snapshot:
         async with sessions() as session:
-            return set((await session.scalars(select(User.id))).all())
+            accounts = set((await session.scalars(select(User.id))).all())
+            revoked = await login_sessions.recent_revocations(
+                session, time.time(), remember_revoked
+            )
+            return Snapshot(accounts, revoked.sessions, revoked.cutoffs)
 
     return load
 
@@ -254,5 +345,6 @@ def build_directory(
         or engine.dialect.name != "postgresql"
     ):
         return DatabaseDirectory(reads)
-    feed = AccountFeed(settings, _loader(sessions), metrics.registry)
-    return FeedDirectory(feed, AccountBatcher(engine), settings.account_feed_max_lag_seconds)
+    remember = login_sessions.Lifetimes.from_settings(settings).remember_revoked
+    feed = AccountFeed(settings, _loader(sessions, remember), metrics.registry)
+    return FeedDirectory(feed, AccountBatcher(engine), settings.account_feed_max_lag_seconds, reads)

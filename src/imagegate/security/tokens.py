@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
@@ -19,10 +20,17 @@ REQUIRED_CLAIMS = ["iss", "aud", "sub", "iat", "exp", "jti"]
 
 @dataclass(frozen=True)
 class Identity:
-    """Who a verified token speaks for."""
+    """Who a verified credential speaks for.
+
+    ``session_id`` is the login session (refresh-token family) an access token belongs to;
+    ``scopes`` is None for a person's session (everything) and the granted scopes for an API key.
+    """
 
     user_id: str
     login: str
+    session_id: str | None = None
+    issued_at: int = field(default=0, compare=False)  # the token's iat: when, not who
+    scopes: frozenset[str] | None = None
 
 
 class InvalidToken(Exception):
@@ -38,13 +46,18 @@ class TokenVerifier:
 
     def __init__(
         self,
-        public_keys: list[ec.EllipticCurvePublicKey],
+        public_keys: list[ec.EllipticCurvePublicKey] | Mapping[str, ec.EllipticCurvePublicKey],
         issuer: str,
         audience: str,
         leeway: int,
         cache_size: int = 10_000,
     ) -> None:
-        self._keys = {public_jwk(k)["kid"]: k for k in public_keys}
+        # A KeyRing (keys.py) by kid reloads its files on an unknown kid; a list stays fixed.
+        self._keys: Mapping[str, ec.EllipticCurvePublicKey] = (
+            public_keys
+            if isinstance(public_keys, Mapping)
+            else {public_jwk(k)["kid"]: k for k in public_keys}
+        )
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway
@@ -91,7 +104,11 @@ class TokenVerifier:
         login = claims.get("login")
         if not isinstance(claims["sub"], str) or not isinstance(login, str):
             raise InvalidToken("malformed subject")
-        return Identity(claims["sub"], login), float(claims["exp"])
+        sid = claims.get("sid")
+        if sid is not None and not isinstance(sid, str):
+            raise InvalidToken("malformed session id")
+        identity = Identity(claims["sub"], login, session_id=sid, issued_at=int(claims["iat"]))
+        return identity, float(claims["exp"])
 
 
 class TokenIssuer:
@@ -107,8 +124,9 @@ class TokenIssuer:
         self.ttl = ttl
 
     def issue(self, identity: Identity) -> str:
+        """A signed access token for ``identity``; its session id travels as ``sid``."""
         now = int(time.time())
-        claims = {
+        claims: dict[str, Any] = {
             "iss": self._issuer,
             "aud": self._audience,
             "sub": identity.user_id,
@@ -117,4 +135,6 @@ class TokenIssuer:
             "exp": now + self.ttl,
             "jti": uuid.uuid4().hex,
         }
+        if identity.session_id is not None:
+            claims["sid"] = identity.session_id
         return jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self._kid})

@@ -17,7 +17,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from imagegate.db import queries
-from imagegate.deps import CurrentIdentity, RuntimeDep
+from imagegate.deps import ReadIdentity, RuntimeDep
 from imagegate.errors import Forbidden, NotFound
 from imagegate.runtime import Runtime
 from imagegate.uploader.formats import is_image_name
@@ -34,7 +34,7 @@ def _where(runtime: Runtime, name: str, public: bool, sha256: str) -> Response:
 
 
 @router.get("/v1/access/v1/user/{filename}")
-async def image_access(filename: str, identity: CurrentIdentity, runtime: RuntimeDep) -> Response:
+async def image_access(filename: str, identity: ReadIdentity, runtime: RuntimeDep) -> Response:
     image = None
     if is_image_name(filename):
         image = await queries.image_for_viewer(runtime.reads, filename, owner_id=identity.user_id)
@@ -45,7 +45,7 @@ async def image_access(filename: str, identity: CurrentIdentity, runtime: Runtim
 
 @router.get("/v1/access/v1/user/{preset}/{filename}")
 async def variant_access(
-    preset: str, filename: str, request: Request, identity: CurrentIdentity, runtime: RuntimeDep
+    preset: str, filename: str, request: Request, identity: ReadIdentity, runtime: RuntimeDep
 ) -> Response:
     if preset == CUSTOM:  # custom sizes are never checked here (their errors are 422s)
         raise Forbidden("custom sizes are read through the uploader")

@@ -7,9 +7,11 @@ with the image in the field ``file``. Memory use is one network chunk, whatever 
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -27,10 +29,37 @@ MAX_PARTS = 16
 MAX_BOUNDARY = 70  # RFC 2046
 
 
+@dataclass(frozen=True)
+class Received:
+    """An upload on disk: its size and the sha256 of its bytes (the file part's, for
+    multipart), computed as they were written: no second read."""
+
+    size: int
+    sha256: str
+
+
+class _Writer(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
+class _HashingWriter:
+    """Writes to a file and hashes what it writes."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.out.write(data)
+        self.hash.update(data)
+        self.size += len(data)
+
+
 class _MultipartSink:
     """Feeds python-multipart and writes only the ``file`` part's data to ``out``."""
 
-    def __init__(self, boundary: bytes, out: BinaryIO) -> None:
+    def __init__(self, boundary: bytes, out: _Writer) -> None:
         self.out = out
         self.parts = 0
         self.found = False
@@ -106,10 +135,10 @@ def declared_length(request: Request, max_bytes: int) -> int | None:
     return int(length)
 
 
-async def receive_body(request: Request, dest: Path, max_bytes: int) -> int:
-    """Write the uploaded file to ``dest``; returns its size. Raises 400/413 on bad bodies,
-    499 when the client leaves, 507 when the disk is full (``dest`` may then hold a part:
-    the caller removes it)."""
+async def receive_body(request: Request, dest: Path, max_bytes: int) -> Received:
+    """Write the uploaded file to ``dest``; returns its size and sha256. Raises 400/413 on bad
+    bodies, 499 when the client leaves, 507 when the disk is full (``dest`` may then hold a
+    part: the caller removes it)."""
     declared_length(request, max_bytes)
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     try:
@@ -131,10 +160,11 @@ async def _receive(
     max_bytes: int,
     content_type: bytes,
     options: dict[bytes, bytes],
-) -> int:
+) -> Received:
     received = 0
     # Plain writes: each is one network chunk into the page cache, cheaper than a thread hop.
-    with open(dest, "wb") as out:  # noqa: ASYNC230
+    with open(dest, "wb") as file:  # noqa: ASYNC230
+        out = _HashingWriter(file)
         sink = None
         if content_type == b"multipart/form-data":
             boundary = options.get(b"boundary")
@@ -157,7 +187,6 @@ async def _receive(
                 raise BadRequest("multipart body has no 'file' field")
             if not sink.ended:
                 raise BadRequest("malformed multipart body: no closing boundary")
-        size = out.tell()
-    if size == 0:
+    if out.size == 0:
         raise BadRequest("empty upload: send the image as the request body")
-    return size
+    return Received(out.size, out.hash.hexdigest())

@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -26,7 +27,7 @@ from imagegate.events.outbox import emit
 from imagegate.runtime import Runtime
 from imagegate.security.tokens import Identity
 from imagegate.uploader.body import declared_length, is_disk_full, receive_body
-from imagegate.uploader.process import Processed
+from imagegate.uploader.jobs import Processed
 
 log = logging.getLogger("imagegate.uploader")
 
@@ -36,8 +37,19 @@ _SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full"
 _PG_DISK_FULL = "53100"  # disk_full
 
 
-async def ingest(runtime: Runtime, request: Request, owner: Identity, visibility: str) -> Image:
-    """Store the request's image for ``owner``; raises AppError subclasses for bad input."""
+@dataclass(frozen=True)
+class Ingested:
+    """An upload's outcome: the image, and whether it is new (201) or one the owner already
+    had with the same uploaded bytes (200: nothing stored, no event, usage unchanged)."""
+
+    image: Image
+    created: bool
+
+
+async def ingest(runtime: Runtime, request: Request, owner: Identity, visibility: str) -> Ingested:
+    """Store the request's image for ``owner``, or find the owner's image with the same uploaded
+    bytes (sha256 of the body as received, before any work on it); raises AppError subclasses
+    for bad input. A duplicate is answered as it is, whatever ``visibility`` asks for."""
     assert runtime.admission is not None, "uploader role not started"
     settings = runtime.settings
     length = declared_length(request, settings.upload_max_bytes)  # 413 before anything
@@ -49,27 +61,44 @@ async def ingest(runtime: Runtime, request: Request, owner: Identity, visibility
     stored = False
     with runtime.admission.admit(owner.user_id) as ticket:  # 503 before the body is read
         try:
-            await receive_body(request, src, settings.upload_max_bytes)
-            async with _cancelled_when_client_leaves(request):
-                async with ticket.worker():
-                    result = await _process(runtime, src, dst)
-                src.unlink(missing_ok=True)  # no longer needed: free the space now
-                image = Image(
-                    name=f"{uuid.uuid4()}.{result.ext}",
-                    owner_id=owner.user_id,
-                    visibility=visibility,
-                    content_type=result.content_type,
-                    width=result.width,
-                    height=result.height,
-                    frames=result.frames,
-                    bytes=result.bytes,
-                    uploaded_bytes=result.uploaded_bytes,
-                    sha256=result.sha256,
-                    created_at=utcnow(),
-                )
-                stored = True  # from here on the bytes may be in storage: removed on failure
-                await _put(runtime, image, dst)
-            await _record(runtime, image)
+            received = await receive_body(request, src, settings.upload_max_bytes)
+            existing = await _uploaded_before(runtime, owner.user_id, received.sha256)
+            if existing is not None:
+                return _duplicate(runtime, existing, received.size)  # before any codec work
+            # Identical uploads at once (a retry racing its original): the first does the
+            # work, the others wait for it here and answer its image. Across replicas the
+            # unique index settles it at the commit (see _record).
+            async with _same_upload.held((owner.user_id, received.sha256)):
+                existing = await _uploaded_before(runtime, owner.user_id, received.sha256)
+                if existing is not None:
+                    return _duplicate(runtime, existing, received.size)
+                async with _cancelled_when_client_leaves(request):
+                    async with ticket.worker():
+                        result = await _process(runtime, src, dst)
+                    src.unlink(missing_ok=True)  # no longer needed: free the space now
+                    image = Image(
+                        name=f"{uuid.uuid4()}.{result.ext}",
+                        owner_id=owner.user_id,
+                        visibility=visibility,
+                        content_type=result.content_type,
+                        width=result.width,
+                        height=result.height,
+                        frames=result.frames,
+                        bytes=result.bytes,
+                        uploaded_bytes=result.uploaded_bytes,
+                        sha256=result.sha256,
+                        upload_sha256=received.sha256,
+                        created_at=utcnow(),
+                    )
+                    stored = True  # from here on the bytes may be in storage: removed on failure
+                    await _put(runtime, image, dst)
+                winner = await _record(runtime, image)
+            if winner is not image:
+                # Another replica recorded the same upload first: ours is a copy, removed.
+                with anyio.CancelScope(shield=True):
+                    await remove_quietly(runtime, image)
+                stored = False
+                return _duplicate(runtime, winner, received.size)
         except BaseException:
             if stored and image is not None:
                 # Bytes first, record second: on any failure (even cancellation) bytes go too.
@@ -82,7 +111,44 @@ async def ingest(runtime: Runtime, request: Request, owner: Identity, visibility
     assert image is not None
     runtime.metrics.bytes_received.inc(image.uploaded_bytes)
     runtime.metrics.bytes_stored.inc(image.bytes)
-    return image
+    return Ingested(image, created=True)
+
+
+def _duplicate(runtime: Runtime, image: Image, received: int) -> Ingested:
+    """The owner's image with these uploaded bytes: accepted (its bytes count as received),
+    nothing stored."""
+    runtime.metrics.bytes_received.inc(received)
+    return Ingested(image, created=False)
+
+
+class _KeyedLocks:
+    """An asyncio lock per key, kept only while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def held(self, key: tuple[str, str]) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (None, 0))
+        lock = lock or asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+_same_upload = _KeyedLocks()  # (owner, upload sha256) → the upload doing the work
+
+
+async def _uploaded_before(runtime: Runtime, owner_id: str, upload_sha256: str) -> Image | None:
+    async with runtime.sessions() as session:
+        return await queries.image_by_upload(session, owner_id, upload_sha256)
 
 
 async def remove_quietly(
@@ -177,10 +243,11 @@ async def _put(runtime: Runtime, image: Image, path: Path) -> None:
         raise Unavailable("image storage is unavailable; try again later") from exc
 
 
-async def _record(runtime: Runtime, image: Image) -> None:
-    """Commit the record with its ``image.stored`` event. Shielded: a commit cancelled midway
-    could land after we removed the bytes (a record without bytes); the client leaving this
-    late changes nothing."""
+async def _record(runtime: Runtime, image: Image) -> Image:
+    """Commit the record with its ``image.stored`` event; returns it, or the owner's image
+    committed meanwhile with the same uploaded bytes (then nothing of ours is recorded).
+    Shielded: a commit cancelled midway could land after we removed the bytes (a record
+    without bytes); the client leaving this late changes nothing."""
     try:
         with anyio.CancelScope(shield=True):
             async with runtime.sessions() as session:
@@ -195,12 +262,20 @@ async def _record(runtime: Runtime, image: Image) -> None:
                 )
                 await session.commit()
     except sa_exc.IntegrityError as exc:
+        # Either the same upload's unique index (owner, upload_sha256) or the owner's foreign
+        # key (the account was deleted meanwhile): the database says which by what it holds.
+        assert image.upload_sha256 is not None
+        with anyio.CancelScope(shield=True):
+            winner = await _uploaded_before(runtime, image.owner_id, image.upload_sha256)
+        if winner is not None:
+            return winner
         raise Unauthorized("account no longer exists") from exc
     except sa_exc.OperationalError as exc:
         if _database_full(exc):
             log.warning("upload refused: the database's disk is full (%s)", exc.orig)
             raise InsufficientStorage() from exc
         raise
+    return image
 
 
 def image_url(image: Image) -> str:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import multiprocessing
 import secrets
+import time
 from collections.abc import Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
@@ -21,17 +23,23 @@ from pebble import ProcessExpired, ProcessPool
 
 from imagegate.errors import AppError, Unprocessable
 from imagegate.settings import Settings
-from imagegate.uploader.process import (
+from imagegate.uploader.inspect import ImageRejected, Limits
+
+# The workers' entry points, not process.py's functions: this process never imports the image
+# code (jobs.py).
+from imagegate.uploader.jobs import (
     Budget,
-    ImageRejected,
-    Limits,
     Processed,
     Quality,
+    Rendered,
+    VariantJob,
     init_worker,
     process_image,
+    render_variants,
     warm_up,
 )
-from imagegate.variants.render import Rendered, VariantJob, render_variants
+
+log = logging.getLogger("imagegate")
 
 # Variant workers yield the CPU to upload workers (nice 0): at nice 19 they get ~1.5 % of a
 # contended core (at 10, uploads' p50 grew 10-33 % while variants were being made).
@@ -39,6 +47,19 @@ VARIANT_NICE = 19
 
 # After a cancelled job, when its worker has surely stopped: remove any output it still wrote.
 LATE_OUTPUT_SECONDS = 10.0
+
+# The forkserver's only preload: the image code, and no re-import of the server (see there).
+WORKER_PRELOAD = "imagegate.uploader.workerboot"
+
+
+def worker_context() -> Any:
+    """forkserver: workers start from a clean process, not a fork of a running event loop;
+    that process holds only the image code (``WORKER_PRELOAD``), so a worker starts in a fork's
+    time. The preload is set before the forkserver's first start (later calls change nothing
+    while it runs: one forkserver serves every pool of the process)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([WORKER_PRELOAD])
+    return context
 
 
 class CodecPool:
@@ -59,12 +80,13 @@ class CodecPool:
         self._limits = limits
         self._quality = quality
         self._budget = budget or Budget(1.0, min(5.0, timeout), timeout)
-        # forkserver: workers start from a clean process, not a fork of a running event loop.
+        self._ready = self._broken = False
+        self._warming: asyncio.Task[None] | None = None
         self._pool: Any = ProcessPool(  # pebble ships no type hints
             max_workers=workers,
             initializer=init_worker,
             initargs=(limits, cache_mib, memory_mib, recycle_mib, nice),
-            context=multiprocessing.get_context("forkserver"),
+            context=worker_context(),
         )
 
     @classmethod
@@ -94,6 +116,34 @@ class CodecPool:
         """Start every worker now, so the first uploads do not pay for process start-up."""
         futures = [self._pool.schedule(warm_up) for _ in range(self._workers)]
         await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        self._ready = True
+
+    def warm_in_background(self) -> None:
+        """Start every worker while the server already answers: ``ready`` once they all run
+        (readiness, /healthz, waits for it). An upload meanwhile waits for a worker, as any
+        upload does when all are busy."""
+        self._warming = asyncio.get_running_loop().create_task(self._warm_logged())
+
+    async def _warm_logged(self) -> None:
+        started = time.monotonic()
+        try:
+            await self.warm()
+        except Exception as exc:  # the pool is broken: not ready, and the log says why
+            self._broken = True
+            log.error("codec workers did not start: %r", exc)
+            return
+        log.info("%d codec workers ready in %.2f s", self._workers, time.monotonic() - started)
+
+    @property
+    def ready(self) -> bool:
+        """Every worker has started (see ``warm``)."""
+        return self._ready
+
+    @property
+    def health(self) -> str:
+        """For /healthz: "ok" once every worker runs, "starting" before, "unavailable" when
+        they could not be started."""
+        return "ok" if self._ready else "unavailable" if self._broken else "starting"
 
     async def process(self, src: Path, dst: Path) -> Processed:
         """Run the image pipeline on ``src``. Capacity is decided before an upload's body is
@@ -162,6 +212,8 @@ class CodecPool:
             raise
 
     def close(self) -> None:
+        if self._warming is not None:
+            self._warming.cancel()
         self._pool.close()
         self._pool.join(timeout=10)
         self._pool.stop()

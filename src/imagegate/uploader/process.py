@@ -42,6 +42,7 @@ from imagegate.uploader.formats import (
     sniff,
 )
 from imagegate.uploader.inspect import ImageRejected, Layout, Limits, inspect
+from imagegate.uploader.jobs import Budget, Processed, Quality
 from imagegate.uploader.strip import STRIPPERS, strip_jpeg, valid_icc
 
 __all__ = ["Budget", "ImageRejected", "Limits", "Processed", "Quality", "process_image"]
@@ -54,40 +55,6 @@ _RENDER_INFO = ("transparency", "duration", "background", "disposal", "blend")
 # Everything Pillow raises on a damaged file, across its plugins.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError)
 _NO_MEMORY = "image needs more memory than allowed"
-
-
-@dataclass(frozen=True)
-class Budget:
-    """CPU time an image may take: proportional to its pixels (all frames), within bounds."""
-
-    seconds_per_megapixel: float
-    min_seconds: float
-    max_seconds: float
-
-    def seconds(self, pixels: int) -> float:
-        return min(
-            self.max_seconds, max(self.min_seconds, self.seconds_per_megapixel * pixels / 1e6)
-        )
-
-
-@dataclass(frozen=True)
-class Quality:
-    jpeg: int
-    webp: int
-    avif: int
-
-
-@dataclass(frozen=True)
-class Processed:
-    ext: str
-    content_type: str
-    width: int
-    height: int
-    frames: int
-    bytes: int
-    uploaded_bytes: int
-    sha256: str
-    reencoded: bool
 
 
 class _OverBudget(BaseException):

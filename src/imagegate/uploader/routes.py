@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from imagegate.db import queries
 from imagegate.db.models import Image
-from imagegate.deps import CurrentIdentity, RuntimeDep, SessionDep
+from imagegate.deps import ReadIdentity, RuntimeDep, SessionDep, WriteIdentity
 from imagegate.errors import AppError, NotFound, Unprocessable, error_responses
 from imagegate.events.envelope import EventType
 from imagegate.events.outbox import emit
@@ -88,7 +88,9 @@ class ImagePage(BaseModel):
         "The image as the raw body (any Content-Type) or as the multipart/form-data field "
         "`file`. JPEG, PNG, GIF, WebP or AVIF; it is normalized, stripped of metadata and "
         "compressed. 503 + Retry-After, before the body is read, when the server or this "
-        "account has as many uploads in progress as it takes; 507 when the disk is full."
+        "account has as many uploads in progress as it takes; 507 when the disk is full. "
+        "The same bytes uploaded again by the same account answer 200 with the image stored "
+        "the first time (as it is: its visibility unchanged) and store nothing."
     ),
     openapi_extra={
         "requestBody": {
@@ -105,22 +107,33 @@ class ImagePage(BaseModel):
             },
         }
     },
-    responses=error_responses(400, 401, 413, 415, 422, 503, 507),
+    responses={
+        200: {
+            "model": ImageOut,
+            "description": "The caller already has an image with these uploaded bytes: that "
+            "image, with Location (nothing new is stored)",
+        },
+        **error_responses(400, 401, 413, 415, 422, 503, 507),
+    },
 )
 async def upload(
     request: Request,
-    identity: CurrentIdentity,
+    identity: WriteIdentity,
     runtime: RuntimeDep,
     visibility: Visibility = "public",
 ) -> JSONResponse:
     try:
-        image = await ingest(runtime, request, identity, visibility)
+        done = await ingest(runtime, request, identity, visibility)
     except AppError as exc:
         runtime.metrics.uploads.labels(str(exc.status)).inc()
         raise
-    runtime.metrics.uploads.labels("stored").inc()
-    out = ImageOut.of(image, runtime.variants.presets.values())
-    return JSONResponse(out.model_dump(mode="json"), status_code=201, headers={"Location": out.url})
+    runtime.metrics.uploads.labels("stored" if done.created else "duplicate").inc()
+    out = ImageOut.of(done.image, runtime.variants.presets.values())
+    return JSONResponse(
+        out.model_dump(mode="json"),
+        status_code=201 if done.created else 200,
+        headers={"Location": out.url},
+    )
 
 
 @router.get(
@@ -130,7 +143,7 @@ async def upload(
     responses=error_responses(401, 422),
 )
 async def list_images(
-    identity: CurrentIdentity,
+    identity: ReadIdentity,
     session: SessionDep,
     runtime: RuntimeDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -152,7 +165,7 @@ async def list_images(
     responses=error_responses(401, 404),
 )
 async def delete_image(
-    filename: str, identity: CurrentIdentity, runtime: RuntimeDep, session: SessionDep
+    filename: str, identity: WriteIdentity, runtime: RuntimeDep, session: SessionDep
 ) -> Response:
     if not is_image_name(filename):
         raise NotFound("no such image")
@@ -221,7 +234,7 @@ async def public_image(filename: str, request: Request, runtime: RuntimeDep) -> 
 async def own_image(
     filename: str,
     request: Request,
-    identity: CurrentIdentity,
+    identity: ReadIdentity,
     runtime: RuntimeDep,
 ) -> Response:
     return await _serve(request, runtime, filename, owner_id=identity.user_id)

@@ -24,11 +24,11 @@ from imagegate.errors import AppError, Unavailable
 from imagegate.metrics import Metrics
 from imagegate.settings import Settings
 from imagegate.storage.base import Storage
+from imagegate.uploader.jobs import Rendered, VariantJob
 from imagegate.uploader.pool import CodecPool
 from imagegate.variants import records
 from imagegate.variants.presets import Preset, Size, parse_presets, variant_formats
 from imagegate.variants.records import StoredVariant
-from imagegate.variants.render import Rendered, VariantJob
 
 log = logging.getLogger("imagegate.variants")
 

@@ -39,7 +39,7 @@ from imagegate.uploader.formats import (
     sniff,
 )
 from imagegate.uploader.inspect import ImageRejected
-from imagegate.uploader.process import Quality
+from imagegate.uploader.jobs import Quality, Rendered, VariantJob
 from imagegate.uploader.strip import valid_icc
 from imagegate.variants.presets import Size, crop_box, output_size
 
@@ -68,44 +68,12 @@ RESIZE_GAP = 2.0
 INTENT = ImageCms.Intent.PERCEPTUAL
 WHITE = (255, 255, 255)
 
-_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _ORIENTATION = 0x0112
 _TRANSPOSED = (5, 6, 7, 8)  # orientations that swap width and height
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError)
 _NO_MEMORY = "image needs more memory than allowed"
 _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
-
-
-@dataclass(frozen=True)
-class VariantJob:
-    """One variant to make: ``key`` names its files (a preset name, or any key the caller
-    picks), ``size`` its box, ``formats`` the extensions to encode it in."""
-
-    key: str
-    size: Size
-    formats: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        if not _KEY_RE.fullmatch(self.key):
-            raise ValueError(f"variant key {self.key!r} must be 1-64 letters, digits, - or _")
-        if not self.formats or len(set(self.formats)) != len(self.formats):
-            raise ValueError(f"variant {self.key!r}: formats must be given once each")
-        for ext in self.formats:
-            if ext not in BY_EXT:
-                raise ValueError(f"variant {self.key!r}: unknown format {ext!r}")
-
-
-@dataclass(frozen=True)
-class Rendered:
-    key: str
-    fmt: str  # the extension: jpg, png, gif, webp, avif
-    path: str
-    width: int
-    height: int
-    bytes: int
-    sha256: str
-    content_type: str
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from imagegate.db.models import Image
-from imagegate.deps import CurrentIdentity, RuntimeDep
+from imagegate.deps import ReadIdentity, RuntimeDep
 from imagegate.errors import Forbidden, NotFound, Unprocessable, error_responses
 from imagegate.routing import get_and_head
 from imagegate.runtime import Runtime
@@ -204,7 +204,7 @@ async def own_variant(
     preset: str,
     filename: str,
     request: Request,
-    identity: CurrentIdentity,
+    identity: ReadIdentity,
     runtime: RuntimeDep,
     size: SizeQuery,
 ) -> Response:
