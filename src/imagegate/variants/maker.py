@@ -228,9 +228,17 @@ class VariantMaker:
         pool = self._codecs()
         folder = Path(tempfile.mkdtemp(dir=self._work))
         try:
-            source = await self._original(image, folder)
-            pixels = image.width * image.height * max(1, image.frames)
-            rendered = await pool.render_variants(source, folder, jobs, pixels)
+            try:
+                source = await self._original(image, folder)
+                pixels = image.width * image.height * max(1, image.frames)
+                rendered = await pool.render_variants(source, folder, jobs, pixels)
+            except Exception:
+                # The image deleted while we read it: its bytes vanish under the reader (a
+                # storage error, or a worker's 422 for a cut-off file). That is "gone", not a
+                # failure of the maker.
+                if not await self._exists(image.name):
+                    return []
+                raise
             made = await self._store(image, rendered, custom=custom)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -275,6 +283,10 @@ class VariantMaker:
             await self._storage.delete_many(evicted)
         self._metrics.variants_made.inc(len(new))
         return [found.get(name) or _stored(row) for name, (_, row) in rows.items()]
+
+    async def _exists(self, image_name: str) -> bool:
+        async with self._sessions() as session:
+            return await session.get(Image, image_name) is not None
 
     async def _original(self, image: Image, folder: Path) -> Path:
         """A local file with the original's bytes: the stored file itself, or a copy."""
