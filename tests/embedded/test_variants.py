@@ -256,6 +256,13 @@ def test_rebuild_makes_what_is_missing_and_what_a_preset_change_outdated(
     assert size_of(thumb.read_bytes()) == (100, 100)
     unknown = imagegate("variants", "rebuild", "--data-dir", str(data), "--preset", "nope")
     assert unknown.returncode != 0 and "no such preset" in unknown.stderr
+    # Presets removed from the settings: their variants go (records and files), others stay.
+    fewer = {"IMAGEGATE_VARIANT_PRESETS": "thumb=100x100:cover,small=640x640"}
+    trimmed = imagegate("variants", "rebuild", "--data-dir", str(data), env=fewer)
+    assert trimmed.returncode == 0, trimmed.stderr
+    for name in names:
+        keys = {f.split(".")[1] for f in variant_files(data, name)}
+        assert keys == {"thumb", "small"} and len(variant_files(data, name)) == 6
 
 
 def test_unused_custom_sizes_are_removed_and_presets_kept(tmp_path: Path) -> None:

@@ -93,6 +93,23 @@ async def made_keys(session: AsyncSession, image_name: str) -> set[tuple[str, st
     return {(str(k), str(f)) for k, f in rows}
 
 
+async def forget_presets_except(
+    session: AsyncSession, image_name: str, presets: Sequence[str]
+) -> list[tuple[str, bool]]:
+    """Delete the records of the image's preset variants whose preset is no longer configured;
+    ``(name, public)`` of those deleted (custom sizes are left to pruning)."""
+    gone = await session.execute(
+        delete(Variant)
+        .where(
+            Variant.image_name == image_name,
+            Variant.custom.is_(False),
+            Variant.key.not_in(list(presets)),
+        )
+        .returning(Variant.name, Variant.public)
+    )
+    return [(str(n), bool(p)) for n, p in gone]
+
+
 async def all_variant_names(session: AsyncSession) -> set[str]:
     return set(await session.scalars(select(Variant.name)))
 
