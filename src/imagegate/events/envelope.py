@@ -17,6 +17,7 @@ class EventType:
     ACCOUNT_DELETED: Final = "imagegate.account.deleted"
     IMAGE_STORED: Final = "imagegate.image.stored"
     IMAGE_DELETED: Final = "imagegate.image.deleted"
+    IMAGE_VISIBILITY_CHANGED: Final = "imagegate.image.visibility_changed"
 
 
 ALL_TYPES: tuple[str, ...] = (
@@ -24,6 +25,7 @@ ALL_TYPES: tuple[str, ...] = (
     EventType.ACCOUNT_DELETED,
     EventType.IMAGE_STORED,
     EventType.IMAGE_DELETED,
+    EventType.IMAGE_VISIBILITY_CHANGED,
 )
 SPEC_VERSION = "1.0"
 # A CloudEvents extension attribute (lower-case letters and digits only): the user the event

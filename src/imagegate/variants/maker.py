@@ -260,19 +260,23 @@ class VariantMaker:
         or has happened (nothing is stored then). Storing before committing keeps the rule that
         a crash leaves an orphan object (overwritten by the next maker), never a record without
         bytes."""
-        rows = {}
-        for r in rendered:
-            row = self._row(image, r, custom=custom)
-            rows[row["name"]] = (r, row)
         async with self._sessions() as session:
             if not await records.lock_image(session, image.name):
                 return []  # deleted while we worked
+            # Its visibility as of now, under the lock: a change meanwhile moved the others.
+            current = await session.get(Image, image.name, populate_existing=True)
+            if current is None:
+                return []
+            rows = {}
+            for r in rendered:
+                row = self._row(current, r, custom=custom)
+                rows[row["name"]] = (r, row)
             found = await records.recorded(session, list(rows))
             new = [row for name, (_, row) in rows.items() if name not in found]
             for row in new:
                 r = rows[row["name"]][0]
                 await self._storage.put(
-                    row["name"], Path(r.path), public=image.public, content_type=r.content_type
+                    row["name"], Path(r.path), public=current.public, content_type=r.content_type
                 )
             await records.insert(session, new)
             evicted: list[tuple[str, bool]] = []

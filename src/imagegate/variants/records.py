@@ -110,8 +110,10 @@ async def forget_presets_except(
     return [(str(n), bool(p)) for n, p in gone]
 
 
-async def all_variant_names(session: AsyncSession) -> set[str]:
-    return set(await session.scalars(select(Variant.name)))
+async def all_variant_sides(session: AsyncSession) -> dict[str, bool]:
+    """Every variant's name and whether it is public."""
+    rows = await session.execute(select(Variant.name, Variant.public))
+    return {str(name): bool(public) for name, public in rows}
 
 
 async def touch(session: AsyncSession, found: StoredVariant, keep_days: float) -> None:
