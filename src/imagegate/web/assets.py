@@ -68,8 +68,9 @@ class Site:
     assets: dict[str, Asset]
 
     def export(self, folder: Path) -> list[Path]:
-        """Write the site for a static file server (the gateway): ``index.html``, and
-        ``assets/…`` with a ``.gz`` beside each file for servers that send those as they are."""
+        """Write the site for a static file server (the gateway): ``index.html``, ``assets/…``
+        with a ``.gz`` beside each file (NGINX's ``gzip_static``), and ``page-headers.conf``,
+        the page's headers as NGINX ``add_header`` lines."""
         written = []
         for asset in (self.index, *self.assets.values()):
             target = folder / ("index.html" if asset is self.index else f"assets/{asset.path}")
@@ -77,6 +78,11 @@ class Site:
             for path, data in ((target, asset.body), (Path(f"{target}.gz"), asset.gzipped)):
                 path.write_bytes(data)
                 written.append(path)
+        headers = folder / "page-headers.conf"
+        headers.write_text(
+            "".join(f'add_header {k} "{v}" always;\n' for k, v in PAGE_HEADERS.items())
+        )
+        written.append(headers)
         return written
 
 
