@@ -13,6 +13,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import Visit
+from tests.conftest import Account, register_and_login
 from tests.support import images
 from tests.support.server import ServerProcess
 
@@ -135,3 +136,113 @@ def test_a_person_signs_up_uploads_shares_and_signs_out(
     page.reload()
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     v.step("reloaded")
+
+
+@pytest.fixture(scope="module")
+def gallery_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server with only the thumb preset: 200 uploads make 200 x 3 small files."""
+    env = {"IMAGEGATE_VARIANT_PRESETS": "thumb=320x320:cover"}
+    proc = ServerProcess(tmp_path_factory.mktemp("gallery") / "data", env=env).start()
+    yield proc
+    proc.stop()
+
+
+def sign_in(visit: Visit, account: Account) -> None:
+    page = visit.page
+    page.get_by_label("Login").fill(account.login)
+    page.get_by_label("Password").fill(account.password)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Your images")).to_be_visible()
+
+
+def test_the_first_load_is_small_and_a_long_gallery_fetches_only_what_is_in_view(
+    gallery_server: ServerProcess, visit: Callable[..., Visit]
+) -> None:
+    with httpx.Client(base_url=gallery_server.base_url, timeout=60) as c:
+        account = register_and_login(c)
+        for i in range(200):
+            r = c.post(
+                "/v1/upload",
+                content=images.encode(images.photo(128, 128, seed=i), "PNG"),
+                headers=account.auth,
+            )
+            assert r.status_code == 201, r.text
+    v = visit(gallery_server.base_url, viewport={"width": 1280, "height": 720})
+    page = v.page
+    sizes: list[tuple[str, int]] = []
+    page.on(
+        "requestfinished",
+        lambda request: sizes.append(
+            (
+                request.url,
+                request.sizes()["responseBodySize"] + request.sizes()["responseHeadersSize"],
+            )
+        ),
+    )
+    sign_in(v, account)
+    page.wait_for_load_state("networkidle")
+    tiles = page.locator(".grid img")
+    expect(tiles).to_have_count(50)  # the listing's first page
+    thumbs = [url for url, _ in sizes if "/images/thumb/" in url]
+    # Only the thumbnails within half a screen of the view were fetched.
+    near = page.evaluate(
+        "() => [...document.querySelectorAll('.grid img')]"
+        ".filter(i => i.getBoundingClientRect().top < innerHeight * 1.5).length"
+    )
+    assert 0 < len(thumbs) <= near < 50, (len(thumbs), near)
+    page_bytes = sum(size for url, size in sizes if "/images/" not in url)
+    assert page_bytes <= 100_000, page_bytes  # the page itself, compressed, images aside
+    v.step("long gallery")
+    # Scrolling to the end loads the next pages of the listing, 200 in all.
+    for _ in range(20):
+        page.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")
+        page.wait_for_load_state("networkidle")
+        if tiles.count() == 200:
+            break
+    expect(tiles).to_have_count(200)
+    page.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.grid img')].slice(-10)"
+        ".every(i => i.complete && i.naturalWidth > 0)"
+    )
+    v.step("end of the gallery")
+
+
+def test_keyboard_phone_width_and_dark_mode(
+    server: ServerProcess, visit: Callable[..., Visit]
+) -> None:
+    with httpx.Client(base_url=server.base_url, timeout=60) as c:
+        account = register_and_login(c)
+    v = visit(server.base_url, viewport={"width": 375, "height": 740}, color_scheme="dark")
+    page = v.page
+    # Signed in with the keyboard alone; every focused control shows an outline.
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    page.keyboard.type(account.login)  # the login field has the focus
+    page.keyboard.press("Tab")
+    page.keyboard.type(account.password)
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Your images")).to_be_visible()
+    outlines = []
+    for _ in range(6):  # past the last control, the focus leaves the page (body)
+        page.keyboard.press("Tab")
+        outlines.append(
+            page.evaluate(
+                "() => document.activeElement === document.body ? ['', 'page'] :"
+                " [document.activeElement.textContent.trim(),"
+                " getComputedStyle(document.activeElement).outlineStyle]"
+            )
+        )
+    assert all(style != "none" for _, style in outlines), outlines
+    assert "Upload" in [text for text, _ in outlines]
+    while page.evaluate("() => document.activeElement.textContent.trim()") != "Upload":
+        page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Upload")).to_be_visible()
+    # Phone width: nothing wider than the screen; the system's dark preference is followed.
+    for route in ("#/upload", "#/account", "#/gallery"):
+        page.evaluate(f"location.hash = '{route}'")
+        page.wait_for_load_state("networkidle")
+        assert page.evaluate("() => document.documentElement.scrollWidth <= innerWidth"), route
+    background = page.evaluate("() => getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(20, 21, 24)", background
+    v.step("phone dark")

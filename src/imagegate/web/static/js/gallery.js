@@ -1,6 +1,6 @@
 // The gallery: the caller's images, newest first, as thumbnails. Pages of the listing load as
 // the end comes into view; a thumbnail is fetched only once it is near the screen (public
-// ones by the browser's lazy loading with srcset, private ones with the token, as blobs).
+// ones by URL with srcset, private ones with the token, as blobs).
 
 import { call, objectUrl } from "./api.js";
 import { explain, h, show } from "./ui.js";
@@ -8,42 +8,42 @@ import { explain, h, show } from "./ui.js";
 const PAGE = 50;
 
 export function thumbnail(image, alt) {
+  const img = h("img", { alt, width: 320, height: 320, decoding: "async", class: "pending" });
   if (image.visibility === "public") {
     // The cropped thumb for ordinary screens; the whole-picture presets (cropped by CSS) for
     // dense ones.
-    return h("img", {
-      src: image.variants.thumb,
-      srcset: [`${image.variants.thumb} 320w`, image.srcset].filter(Boolean).join(", "),
-      sizes: "(max-width: 40rem) 45vw, 12rem",
-      alt,
-      loading: "lazy",
-      decoding: "async",
-      width: 320,
-      height: 320,
-    });
+    img.dataset.src = image.variants.thumb;
+    img.dataset.srcset = [`${image.variants.thumb} 320w`, image.srcset].filter(Boolean).join(", ");
+    img.sizes = "(max-width: 40rem) 45vw, 12rem";
+  } else {
+    img.dataset.path = `/v1/user/thumb/${image.filename}`;
   }
-  const img = h("img", { alt, width: 320, height: 320, decoding: "async", class: "pending" });
-  privateLoader.observe(img);
-  img.dataset.path = `/v1/user/thumb/${image.filename}`;
+  loader.observe(img);
   return img;
 }
 
-// One observer for every private thumbnail on the page: fetched when within a screen of view.
-const privateLoader = new IntersectionObserver(
+// One observer for every thumbnail: fetched once within half a screen of the view (the
+// browser's own lazy loading starts 1,250 px or more ahead, which on a phone is many rows).
+const loader = new IntersectionObserver(
   (entries) => {
     for (const entry of entries) {
       if (!entry.isIntersecting) continue;
       const img = entry.target;
-      privateLoader.unobserve(img);
-      objectUrl(img.dataset.path)
-        .then((url) => {
-          img.src = url;
-          img.classList.remove("pending");
-        })
-        .catch(() => img.classList.add("broken"));
+      loader.unobserve(img);
+      img.addEventListener("load", () => img.classList.remove("pending"), { once: true });
+      if (img.dataset.path) {
+        objectUrl(img.dataset.path)
+          .then((url) => {
+            img.src = url;
+          })
+          .catch(() => img.classList.add("broken"));
+      } else {
+        img.srcset = img.dataset.srcset;
+        img.src = img.dataset.src;
+      }
     }
   },
-  { rootMargin: "100% 0px" },
+  { rootMargin: "50% 0px" },
 );
 
 export function galleryView(view) {

@@ -7,10 +7,9 @@ import { explain, h, show } from "./ui.js";
 const PARALLEL = 2;
 
 export function uploadView(view) {
-  const picker = h("input", { type: "file", multiple: true, accept: "image/*", class: "visually-hidden" });
-  const pick = h("label", { for: "", class: "button" }, "Choose files");
-  picker.id = "upload-picker";
-  pick.setAttribute("for", picker.id);
+  // The input itself stays hidden (its look cannot be styled); a real button opens it.
+  const picker = h("input", { type: "file", multiple: true, accept: "image/*", hidden: true });
+  const pick = h("button", { type: "button", onclick: () => picker.click() }, "Choose files");
   const privacy = h(
     "fieldset",
     { class: "inline" },
@@ -21,7 +20,7 @@ export function uploadView(view) {
   const list = h("ol", { class: "uploads", "aria-label": "Uploads" });
   const zone = h(
     "div",
-    { class: "dropzone", tabindex: "0", role: "group", "aria-label": "Drop images here, or paste them" },
+    { class: "dropzone" },
     h("p", {}, "Drop images here, paste them, or "),
     pick,
     picker,
