@@ -246,3 +246,40 @@ def test_keyboard_phone_width_and_dark_mode(
     background = page.evaluate("() => getComputedStyle(document.body).backgroundColor")
     assert background == "rgb(20, 21, 24)", background
     v.step("phone dark")
+
+
+def test_files_dropped_or_pasted_are_uploaded(
+    server: ServerProcess, visit: Callable[..., Visit]
+) -> None:
+    with httpx.Client(base_url=server.base_url, timeout=60) as c:
+        account = register_and_login(c)
+    v = visit(server.base_url)
+    page = v.page
+    sign_in(v, account)
+    page.get_by_role("navigation").get_by_role("link", name="Upload").click()
+    page.get_by_label("Only me").check()
+    pngs = [list(images.encode(images.photo(200, 150, seed=s), "PNG")) for s in (7, 8)]
+    # A drop and a paste, as the browser delivers them: events carrying a DataTransfer.
+    page.evaluate(
+        """([one, two]) => {
+            const file = (bytes, name) =>
+                new File([new Uint8Array(bytes)], name, {type: 'image/png'});
+            const dropped = new DataTransfer();
+            dropped.items.add(file(one, 'dropped.png'));
+            const zone = document.querySelector('.dropzone');
+            zone.dispatchEvent(new DragEvent('drop', {dataTransfer: dropped, bubbles: true}));
+            const pasted = new DataTransfer();
+            pasted.items.add(file(two, 'pasted.png'));
+            document.dispatchEvent(
+                new ClipboardEvent('paste', {clipboardData: pasted, bubbles: true}));
+        }""",
+        pngs,
+    )
+    uploads = page.get_by_role("list", name="Uploads")
+    expect(uploads.locator("li.done")).to_have_count(2, timeout=60_000)
+    expect(uploads).to_contain_text("dropped.png")
+    expect(uploads).to_contain_text("pasted.png")
+    v.step("dropped and pasted")
+    with httpx.Client(base_url=server.base_url, timeout=60) as c:
+        items = c.get("/v1/images", headers=account.auth).json()["items"]
+    assert [i["visibility"] for i in items] == ["private", "private"]
