@@ -61,7 +61,7 @@ function sessions() {
     h(
       "p",
       { class: "actions" },
-      h("button", { type: "button", onclick: () => signOut(true) }, "Sign out everywhere"),
+      h("button", { type: "button", onclick: () => signOut(true).catch(() => {}) }, "Sign out everywhere"),
     ),
   );
 }
@@ -93,11 +93,11 @@ function keys() {
               type: "button",
               class: "danger",
               "aria-label": `Revoke ${key.name}`,
-              onclick: async () => {
-                await call("DELETE", `/v1/keys/${encodeURIComponent(key.id)}`);
-                announce(`Key ${key.name} revoked`);
-                await load();
-              },
+              onclick: () =>
+                call("DELETE", `/v1/keys/${encodeURIComponent(key.id)}`)
+                  .then(() => announce(`Key ${key.name} revoked`))
+                  .then(load)
+                  .catch((failure) => setError(error, explain(failure))),
             },
             "Revoke",
           ),
@@ -172,11 +172,11 @@ function webhooks() {
               type: "button",
               class: "danger",
               "aria-label": `Remove webhook ${hook.url}`,
-              onclick: async () => {
-                await call("DELETE", `/v1/webhooks/${encodeURIComponent(hook.id)}`);
-                announce("Webhook removed");
-                await load();
-              },
+              onclick: () =>
+                call("DELETE", `/v1/webhooks/${encodeURIComponent(hook.id)}`)
+                  .then(() => announce("Webhook removed"))
+                  .then(load)
+                  .catch((failure) => setError(error, explain(failure))),
             },
             "Remove",
           ),

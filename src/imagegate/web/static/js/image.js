@@ -17,10 +17,12 @@ function picture(image) {
     });
   }
   const img = h("img", { alt, class: "full pending", width: image.width, height: image.height });
-  objectUrl(`/v1/user/large/${image.filename}`).then((url) => {
-    img.src = url;
-    img.classList.remove("pending");
-  });
+  objectUrl(`/v1/user/large/${image.filename}`)
+    .then((url) => {
+      img.src = url;
+      img.classList.remove("pending");
+    })
+    .catch(() => img.classList.add("broken")); // deleted meanwhile, or signed out
   return img;
 }
 
