@@ -561,6 +561,7 @@ def gateway_values(conf_dir: Path, run_dir: Path, log_dir: Path) -> dict[str, st
         "LOGIN_BURST": os.environ.get("IMAGEGATE_STACK_LOGIN_BURST", "40"),
         "AUTH_CACHE": os.environ.get("IMAGEGATE_STACK_AUTH_CACHE", "auth"),
         "OPENAPI_FILE": str(STATE / "openapi.json"),
+        "WEB_ROOT": str(STATE / "web"),
         **trusted_proxy_values(TRUSTED_PROXIES),
     }
 
@@ -588,6 +589,9 @@ def prepare_gateway() -> None:
             text=True,
         ).stdout
     )
+    web = Path(values["WEB_ROOT"])
+    shutil.rmtree(web, ignore_errors=True)  # exported afresh: no asset of an older release
+    run([*IMAGEGATE, "web", "export", str(web)], stdout=subprocess.DEVNULL)
     owner_cache = owner_cache_dir()
     private_dir(owner_cache)
     shutil.rmtree(owner_cache, ignore_errors=True)

@@ -20,6 +20,7 @@ from imagegate.settings import ALL_ROLES, Role, Settings
 from imagegate.uploader import access as access_routes
 from imagegate.uploader import routes as uploader_routes
 from imagegate.variants import routes as variant_routes
+from imagegate.web import routes as web_routes
 from imagegate.webhooks import routes as webhook_routes
 
 UPLOAD_PATH = "/v1/upload"
@@ -46,6 +47,8 @@ def create_app(settings: Settings, roles: tuple[Role, ...] = ALL_ROLES) -> FastA
         routers.append(uploader_routes.router)
         routers.append(variant_routes.router)
         routers.append(access_routes.router)
+    if set(roles) == set(ALL_ROLES):  # embedded: the web page too (the gateway serves it)
+        routers.append(web_routes.router)
     routers.append(apidocs.router)
     routers.append(ops.router)  # last: a request is matched against routes in order
     app = FastAPI(

@@ -126,9 +126,13 @@ def test_each_change_commits_with_its_event_and_each_event_matches_its_schema(
     private = upload(client, account, "private", seed=2)
     assert client.delete(f"/v1/images/{public}", headers=account.auth).status_code == 204
     assert client.delete(f"/v1/images/{public}", headers=account.auth).status_code == 404
+    change = f"/v1/images/{private}"
+    assert client.patch(change, json={"visibility": "no"}, headers=account.auth).status_code == 422
+    assert client.patch(change, json={"visibility": "public"}, headers=account.auth).is_success
+    assert client.patch(change, json={"visibility": "public"}, headers=account.auth).is_success
     assert delete_account(client, account, "wrong " + account.password).status_code == 401
     assert delete_account(client, account, account.password).status_code == 204
-    assert len(outbox(data)) == before + 5  # exactly the five changes that committed
+    assert len(outbox(data)) == before + 6  # exactly the six changes that committed
 
     rows = outbox(data, account.id)
     assert [(r.type, r.subject) for r in rows] == [
@@ -136,6 +140,7 @@ def test_each_change_commits_with_its_event_and_each_event_matches_its_schema(
         (EventType.IMAGE_STORED, f"images/{public}"),
         (EventType.IMAGE_STORED, f"images/{private}"),
         (EventType.IMAGE_DELETED, f"images/{public}"),
+        (EventType.IMAGE_VISIBILITY_CHANGED, f"images/{private}"),
         (EventType.ACCOUNT_DELETED, f"users/{account.id}"),
     ]
     assert {r.type for r in rows} == set(ALL_TYPES)  # every type the code emits is covered

@@ -179,6 +179,43 @@ def test_fifty_concurrent_first_requests_make_one_variant(client: httpx.Client) 
     assert metric(client, "imagegate_variant_jobs_total", 'trigger="on_demand"') == before + 1
 
 
+def test_an_image_deleted_while_its_variants_are_made_is_a_404(
+    server: ServerProcess, client: httpx.Client
+) -> None:
+    """Sizes being made when their image is deleted answer 404 (its bytes vanish under the
+    maker: that is "gone", not a server error) and leave no file behind."""
+    account = register_and_login(client)
+    r = client.post(
+        "/v1/upload",
+        content=images.encode(images.photo(3000, 2000), "PNG"),
+        headers=account.auth,
+        params={"visibility": "private"},
+    )
+    assert r.status_code == 201, r.text
+    name = r.json()["filename"]
+    jobs = 'trigger="on_demand"'
+    before = metric(client, "imagegate_variant_jobs_total", jobs)
+
+    async def race() -> list[int]:
+        async with httpx.AsyncClient(base_url=str(client.base_url), timeout=120) as c:
+            sizes = [
+                asyncio.create_task(c.get(f"/v1/user/size/{name}?w={w}", headers=account.auth))
+                for w in range(200, 212)
+            ]
+            deadline = time.monotonic() + 60
+            while metric(client, "imagegate_variant_jobs_total", jobs) == before:
+                assert time.monotonic() < deadline, "no variant job started"
+                await asyncio.sleep(0.02)
+            gone = await c.delete(f"/v1/images/{name}", headers=account.auth)
+            assert gone.status_code == 204, gone.text
+            return [r.status_code for r in await asyncio.gather(*sizes)]
+
+    statuses = asyncio.run(race())
+    assert set(statuses) <= {200, 404}, statuses
+    assert 404 in statuses
+    wait_until(lambda: not variant_files(server.data_dir, name), "no variant left")
+
+
 def test_deleting_the_account_removes_every_variant(
     server: ServerProcess, client: httpx.Client
 ) -> None:
@@ -230,6 +267,13 @@ def test_rebuild_makes_what_is_missing_and_what_a_preset_change_outdated(
     assert size_of(thumb.read_bytes()) == (100, 100)
     unknown = imagegate("variants", "rebuild", "--data-dir", str(data), "--preset", "nope")
     assert unknown.returncode != 0 and "no such preset" in unknown.stderr
+    # Presets removed from the settings: their variants go (records and files), others stay.
+    fewer = {"IMAGEGATE_VARIANT_PRESETS": "thumb=100x100:cover,small=640x640"}
+    trimmed = imagegate("variants", "rebuild", "--data-dir", str(data), env=fewer)
+    assert trimmed.returncode == 0, trimmed.stderr
+    for name in names:
+        keys = {f.split(".")[1] for f in variant_files(data, name)}
+        assert keys == {"thumb", "small"} and len(variant_files(data, name)) == 6
 
 
 def test_unused_custom_sizes_are_removed_and_presets_kept(tmp_path: Path) -> None:

@@ -941,6 +941,7 @@ def test_gateway_config_passes_nginx_t(
     """
     nginx_bin = stack_module().ensure_nginx()  # installed from Debian's packages if missing
     from imagegate.tls import ensure_self_signed
+    from imagegate.web.assets import site
 
     r = rendered[name]
     cm = r.one("ConfigMap", "-nginx")["data"]
@@ -956,6 +957,7 @@ def test_gateway_config_passes_nginx_t(
         "TLS_CERT",
         "TLS_KEY",
         "OPENAPI_FILE",
+        "WEB_ROOT",
     ):
         env[key] = f"{tmp_path}{env[key]}"
     env["PLAIN_HTTP_SERVER"] = env["PLAIN_HTTP_SERVER"].replace(conf_dir, env["CONF_DIR"])
@@ -966,6 +968,7 @@ def test_gateway_config_passes_nginx_t(
     openapi = Path(env["OPENAPI_FILE"])
     openapi.parent.mkdir(parents=True)
     openapi.write_text("{}")
+    site().export(Path(env["WEB_ROOT"]))  # what the init container writes
     cert, key = ensure_self_signed(tmp_path / "tls-source")
     Path(env["TLS_CERT"]).parent.mkdir(parents=True)
     shutil.copy(cert, env["TLS_CERT"])

@@ -43,6 +43,12 @@ DATA: dict[str, dict[str, Any]] = {
         "url": f"/images/{NAME}",
     },
     EventType.IMAGE_DELETED: {"name": NAME, "owner": OWNER, "visibility": "private", "bytes": 9},
+    EventType.IMAGE_VISIBILITY_CHANGED: {
+        "name": NAME,
+        "owner": OWNER,
+        "visibility": "private",
+        "previous": "public",
+    },
 }
 
 

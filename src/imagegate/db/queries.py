@@ -190,5 +190,7 @@ async def images_of(session: AsyncSession, owner_id: str) -> list[Image]:
     return list(await session.scalars(select(Image).where(Image.owner_id == owner_id)))
 
 
-async def all_image_names(session: AsyncSession) -> set[str]:
-    return set(await session.scalars(select(Image.name)))
+async def all_image_sides(session: AsyncSession) -> dict[str, bool]:
+    """Every image's name and whether it is public."""
+    rows = await session.execute(select(Image.name, Image.visibility))
+    return {str(name): visibility == "public" for name, visibility in rows}

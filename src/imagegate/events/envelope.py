@@ -21,6 +21,7 @@ class EventType:
     SESSIONS_REVOKED: Final = "imagegate.account.sessions_revoked"
     IMAGE_STORED: Final = "imagegate.image.stored"
     IMAGE_DELETED: Final = "imagegate.image.deleted"
+    IMAGE_VISIBILITY_CHANGED: Final = "imagegate.image.visibility_changed"
 
 
 ALL_TYPES: tuple[str, ...] = (
@@ -29,6 +30,7 @@ ALL_TYPES: tuple[str, ...] = (
     EventType.SESSIONS_REVOKED,
     EventType.IMAGE_STORED,
     EventType.IMAGE_DELETED,
+    EventType.IMAGE_VISIBILITY_CHANGED,
 )
 SPEC_VERSION = "1.0"
 # A CloudEvents extension attribute (lower-case letters and digits only): the user the event

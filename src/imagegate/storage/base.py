@@ -26,6 +26,13 @@ class Storage(Protocol):
     async def delete(self, name: str, *, public: bool) -> None:
         """Remove ``name``; removing a missing object is not an error."""
 
+    # False when both sides are one place (visibility lives only in the database).
+    separates_visibility: bool
+
+    async def copy_to(self, names: Sequence[str], *, public: bool) -> None:
+        """Copy each object to the ``public`` side from the other one (a visibility change);
+        one found only there already (a retried change) is left as it is."""
+
     async def delete_many(self, objects: Sequence[tuple[str, bool]]) -> None:
         """Remove every ``(name, public)`` of ``objects`` (missing ones are not an error);
         raises OSError if any could not be removed — the others may be gone already."""

@@ -25,6 +25,8 @@ CHUNK = 256 * 1024
 class LocalStorage:
     """One flat folder; visibility lives in the database, so ``public`` is not needed here."""
 
+    separates_visibility = False
+
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
@@ -45,6 +47,9 @@ class LocalStorage:
 
     async def delete(self, name: str, *, public: bool) -> None:
         await anyio.to_thread.run_sync(self._delete, name)
+
+    async def copy_to(self, names: Sequence[str], *, public: bool) -> None:
+        raise NotImplementedError("one folder for both sides: nothing moves")
 
     def _delete_many(self, names: list[str]) -> None:
         failed: OSError | None = None

@@ -54,6 +54,8 @@ def public_read_policy(bucket: str) -> dict[str, Any]:
 
 
 class S3Storage:
+    separates_visibility = True
+
     def __init__(
         self,
         bucket: str,
@@ -106,6 +108,33 @@ class S3Storage:
 
     async def delete(self, name: str, *, public: bool) -> None:
         await self._call(self.client.delete_object, Bucket=self.bucket, Key=key_of(name, public))
+
+    async def copy_to(self, names: Sequence[str], *, public: bool) -> None:
+        def copy_all() -> None:
+            for name in names:
+                source = key_of(name, not public)
+                try:
+                    head = self.client.head_object(Bucket=self.bucket, Key=source)
+                except ClientError as exc:
+                    if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey"):
+                        raise
+                    # Moved by an earlier attempt that failed later: the target must exist.
+                    self.client.head_object(Bucket=self.bucket, Key=key_of(name, public))
+                    continue
+                # Metadata as a put on that side sets it: the year-long browser caching only
+                # for public objects.
+                extra: dict[str, Any] = {"ContentType": head["ContentType"]}
+                if public:
+                    extra["CacheControl"] = PUBLIC_CACHE_CONTROL
+                self.client.copy_object(
+                    Bucket=self.bucket,
+                    Key=key_of(name, public),
+                    CopySource={"Bucket": self.bucket, "Key": source},
+                    MetadataDirective="REPLACE",
+                    **extra,
+                )
+
+        await self._call(copy_all)
 
     async def delete_many(self, objects: Sequence[tuple[str, bool]]) -> None:
         keys = [key_of(name, public) for name, public in objects]

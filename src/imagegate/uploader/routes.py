@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, computed_field
+from sqlalchemy import select
 
 from imagegate.db import queries
 from imagegate.db.models import Image
@@ -21,6 +22,7 @@ from imagegate.routing import get_and_head
 from imagegate.serving import image_response, serve_cache
 from imagegate.uploader.formats import ALLOWED, is_image_name
 from imagegate.uploader.pipeline import ingest, remove_quietly
+from imagegate.uploader.visibility import change_visibility
 from imagegate.variants.links import srcset, variant_urls
 from imagegate.variants.presets import Preset
 
@@ -156,6 +158,64 @@ async def list_images(
     images, next_cursor = await queries.images_page(session, identity.user_id, limit, after)
     presets = runtime.variants.presets.values()
     return ImagePage(items=[ImageOut.of(i, presets) for i in images], next_cursor=next_cursor)
+
+
+@router.get(
+    "/v1/images/{filename}",
+    response_model=ImageOut,
+    summary="One of the caller's images (its record)",
+    responses=error_responses(401, 404),
+)
+async def get_image(
+    filename: str, identity: CurrentIdentity, runtime: RuntimeDep, session: SessionDep
+) -> ImageOut:
+    image = None
+    if is_image_name(filename):
+        image = await session.scalar(
+            select(Image).where(Image.name == filename, Image.owner_id == identity.user_id)
+        )
+    if image is None:
+        raise NotFound("no such image")
+    return ImageOut.of(image, runtime.variants.presets.values())
+
+
+class ImageChange(BaseModel):
+    """What an owner may change about an image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    visibility: Visibility
+
+
+@router.patch(
+    "/v1/images/{filename}",
+    response_model=ImageOut,
+    summary="Make one of the caller's images public or private",
+    description="Its bytes and its variants move with it. A public link stops working at once "
+    "here; through the gateway's cache within 10 s. Emits "
+    "`imagegate.image.visibility_changed`.",
+    responses=error_responses(401, 404, 422, 503),
+)
+async def change_image(
+    filename: str,
+    change: ImageChange,
+    identity: CurrentIdentity,
+    runtime: RuntimeDep,
+    session: SessionDep,
+) -> ImageOut:
+    if not is_image_name(filename):
+        raise NotFound("no such image")
+    image = await change_visibility(
+        session,
+        runtime.storage,
+        filename,
+        identity.user_id,
+        change.visibility == "public",
+        source=runtime.settings.event_source,
+    )
+    if image is None:
+        raise NotFound("no such image")
+    return ImageOut.of(image, runtime.variants.presets.values())
 
 
 @router.delete(

@@ -228,9 +228,17 @@ class VariantMaker:
         pool = self._codecs()
         folder = Path(tempfile.mkdtemp(dir=self._work))
         try:
-            source = await self._original(image, folder)
-            pixels = image.width * image.height * max(1, image.frames)
-            rendered = await pool.render_variants(source, folder, jobs, pixels)
+            try:
+                source = await self._original(image, folder)
+                pixels = image.width * image.height * max(1, image.frames)
+                rendered = await pool.render_variants(source, folder, jobs, pixels)
+            except Exception:
+                # The image deleted while we read it: its bytes vanish under the reader (a
+                # storage error, or a worker's 422 for a cut-off file). That is "gone", not a
+                # failure of the maker.
+                if not await self._exists(image.name):
+                    return []
+                raise
             made = await self._store(image, rendered, custom=custom)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -252,19 +260,23 @@ class VariantMaker:
         or has happened (nothing is stored then). Storing before committing keeps the rule that
         a crash leaves an orphan object (overwritten by the next maker), never a record without
         bytes."""
-        rows = {}
-        for r in rendered:
-            row = self._row(image, r, custom=custom)
-            rows[row["name"]] = (r, row)
         async with self._sessions() as session:
             if not await records.lock_image(session, image.name):
                 return []  # deleted while we worked
+            # Its visibility as of now, under the lock: a change meanwhile moved the others.
+            current = await session.get(Image, image.name, populate_existing=True)
+            if current is None:
+                return []
+            rows = {}
+            for r in rendered:
+                row = self._row(current, r, custom=custom)
+                rows[row["name"]] = (r, row)
             found = await records.recorded(session, list(rows))
             new = [row for name, (_, row) in rows.items() if name not in found]
             for row in new:
                 r = rows[row["name"]][0]
                 await self._storage.put(
-                    row["name"], Path(r.path), public=image.public, content_type=r.content_type
+                    row["name"], Path(r.path), public=current.public, content_type=r.content_type
                 )
             await records.insert(session, new)
             evicted: list[tuple[str, bool]] = []
@@ -275,6 +287,10 @@ class VariantMaker:
             await self._storage.delete_many(evicted)
         self._metrics.variants_made.inc(len(new))
         return [found.get(name) or _stored(row) for name, (_, row) in rows.items()]
+
+    async def _exists(self, image_name: str) -> bool:
+        async with self._sessions() as session:
+            return await session.get(Image, image_name) is not None
 
     async def _original(self, image: Image, folder: Path) -> Path:
         """A local file with the original's bytes: the stored file itself, or a copy."""

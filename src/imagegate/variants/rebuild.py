@@ -1,6 +1,6 @@
 """``imagegate variants rebuild``: make the variants existing images lack, or whose preset
-changed size since they were made. Resumable (what is done is skipped) and bounded in CPU
-(``--jobs`` variant workers)."""
+changed size since they were made, and remove those of presets no longer configured.
+Resumable (what is done is skipped) and bounded in CPU (``--jobs`` variant workers)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from imagegate.metrics import Metrics
 from imagegate.runtime import build_storage, lock_data_dir
 from imagegate.settings import Settings
 from imagegate.storage.local import LocalStorage
+from imagegate.variants import records
 from imagegate.variants.maker import VariantMaker
 from imagegate.variants.presets import Preset, output_size
 
@@ -29,6 +30,7 @@ PAGE = 500
 class Outcome:
     images: int = 0
     made: int = 0
+    removed: int = 0  # variants of presets no longer configured
     failed: int = 0
 
 
@@ -96,11 +98,21 @@ async def rebuild(settings: Settings, preset: str | None, jobs: int) -> Outcome:
             async def one(name: str) -> None:
                 async with limit:
                     try:
+                        removed: list[tuple[str, bool]] = []
                         async with sessions() as session:
-                            image = await session.get(Image, name)
-                            if image is not None:
+                            # Under the image's lock, as every writer of its variants.
+                            if await records.lock_image(session, name):
+                                image = await session.get(Image, name)
+                                assert image is not None  # locked: it cannot go meanwhile
                                 await _forget_outdated(session, image, chosen)
+                                if preset is None:  # every preset in view: drop removed ones
+                                    removed = await records.forget_presets_except(
+                                        session, name, list(maker.presets)
+                                    )
                                 await session.commit()
+                        # After the commit: a crash leaves orphans, never records without bytes.
+                        await storage.delete_many(removed)
+                        outcome.removed += len(removed)
                         # Awaited first: "x += await" reads x before the wait (lost updates).
                         made = await maker.make_presets(name, trigger="rebuild")
                         outcome.made += made

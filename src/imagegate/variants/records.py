@@ -93,8 +93,27 @@ async def made_keys(session: AsyncSession, image_name: str) -> set[tuple[str, st
     return {(str(k), str(f)) for k, f in rows}
 
 
-async def all_variant_names(session: AsyncSession) -> set[str]:
-    return set(await session.scalars(select(Variant.name)))
+async def forget_presets_except(
+    session: AsyncSession, image_name: str, presets: Sequence[str]
+) -> list[tuple[str, bool]]:
+    """Delete the records of the image's preset variants whose preset is no longer configured;
+    ``(name, public)`` of those deleted (custom sizes are left to pruning)."""
+    gone = await session.execute(
+        delete(Variant)
+        .where(
+            Variant.image_name == image_name,
+            Variant.custom.is_(False),
+            Variant.key.not_in(list(presets)),
+        )
+        .returning(Variant.name, Variant.public)
+    )
+    return [(str(n), bool(p)) for n, p in gone]
+
+
+async def all_variant_sides(session: AsyncSession) -> dict[str, bool]:
+    """Every variant's name and whether it is public."""
+    rows = await session.execute(select(Variant.name, Variant.public))
+    return {str(name): bool(public) for name, public in rows}
 
 
 async def touch(session: AsyncSession, found: StoredVariant, keep_days: float) -> None:

@@ -1,0 +1,91 @@
+"""Changing an image's visibility: its bytes and its variants' move to the other side of the
+public/private divide with its record.
+
+The order never exposes a private image, even when a step fails or the process dies:
+
+- to private: copy every object to the private side, delete the public copies, then commit
+  the record. A failure before the commit leaves the record public with some bytes already
+  private only (a broken public link until the change is retried), never a private record
+  with public bytes.
+- to public: copy every object to the public side, commit the record, then delete the
+  private copies. The owner asked for the image to be public; a failure before the commit
+  removes the public copies it made.
+
+The image's row lock is held throughout, so a variant being made meanwhile is stored on the
+side the record says once it gets the lock (the maker reads the visibility under it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from imagegate.db.models import Image, Variant
+from imagegate.events.envelope import EventType
+from imagegate.events.outbox import emit
+from imagegate.storage.base import Storage
+
+log = logging.getLogger("imagegate.uploader")
+
+
+async def change_visibility(
+    session: AsyncSession,
+    storage: Storage,
+    name: str,
+    owner_id: str,
+    public: bool,
+    *,
+    source: str,
+) -> Image | None:
+    """Make the owner's image public or private; the image as it is now (None: not theirs or
+    gone). Commits the session."""
+    image = await session.scalar(
+        select(Image).where(Image.name == name, Image.owner_id == owner_id).with_for_update()
+    )
+    if image is None:
+        return None
+    if image.public == public:
+        await session.commit()
+        return image
+    variants = list(await session.scalars(select(Variant.name).where(Variant.image_name == name)))
+    # With one folder for both sides (local storage) only the records change.
+    objects = [name, *variants] if storage.separates_visibility else []
+    previous = image.visibility
+    try:
+        if objects:
+            await storage.copy_to(objects, public=public)
+            if not public:
+                await storage.delete_many([(n, True) for n in objects])
+        image.visibility = "public" if public else "private"
+        await session.execute(
+            update(Variant).where(Variant.image_name == name).values(public=public)
+        )
+        emit(
+            session,
+            EventType.IMAGE_VISIBILITY_CHANGED,
+            owner_id=owner_id,
+            subject=f"images/{name}",
+            data={
+                "name": name,
+                "owner": owner_id,
+                "visibility": image.visibility,
+                "previous": previous,
+            },
+            source=source,
+        )
+        await session.commit()
+    except BaseException:
+        if public and objects:  # the record stays private: so must its bytes
+            with contextlib.suppress(Exception):
+                await storage.delete_many([(n, True) for n in objects])
+        raise
+    if public and objects:
+        try:
+            await storage.delete_many([(n, False) for n in objects])
+        except Exception as exc:  # leftovers on the private side: reconciliation removes them
+            log.warning("private copies of %s not removed now: %s", name, exc)
+    await session.refresh(image)
+    return image
