@@ -309,6 +309,11 @@ def run(args: argparse.Namespace) -> None:
             hosts = tuple(args.host) or ("localhost",)
             cert_path, key_path = ensure_self_signed(Path(args.folder), hosts)
             print(f"{cert_path}\n{key_path}")
+        elif args.command == "web":
+            from imagegate.web.assets import site
+
+            written = site().export(Path(args.folder))
+            print(f"{len(written)} files written to {args.folder}")
         elif args.command == "openapi":
             sys.stdout.write(json.dumps(create_app(settings).openapi(), indent=1) + "\n")
         elif args.command == "storage":

@@ -51,6 +51,7 @@ server administration (on the server, with its data dir or database):
   variants              image variants (thumbnails, AVIF/WebP)
   tls                   certificates for HTTPS
   keys public|rotate    token signing keys
+  web export FOLDER     the web page's files, for the gateway
   openapi               print the OpenAPI description of every route (JSON)
 
 Every server setting is also an environment variable (IMAGEGATE_DATA_DIR,
@@ -328,6 +329,18 @@ def _parser() -> argparse.ArgumentParser:
     sign.add_argument("--height", type=int, metavar="PX", help="at most this high")
     sign.add_argument("--fit", choices=("contain", "cover"), default="contain")
     _common(sign)
+
+    web_sub = _actions(sub, "web", "the web page's files", "imagegate web export /srv/web")
+    export = _command(
+        web_sub,
+        "export",
+        "write the web page's files for a static file server (the gateway's NGINX)",
+        "imagegate web export /srv/web",
+        description="Write index.html, assets/ (content-hashed names, each with a .gz twin) and "
+        "page-headers.conf (the page's Content-Security-Policy and other headers as NGINX "
+        "add_header lines) into FOLDER. imagegate serve sends the same files itself.",
+    )
+    export.add_argument("folder", metavar="FOLDER", help="where to write them (created)")
 
     spec = _command(
         sub,

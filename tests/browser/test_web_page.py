@@ -92,12 +92,12 @@ def journey(
     page.get_by_role("navigation").get_by_role("link", name="Gallery").click()
     tiles = page.get_by_role("list", name="Your images").locator("img")
     expect(tiles).to_have_count(2)
-    for i in range(2):
-        assert (tiles.nth(i).get_attribute("src") or "").startswith("/images/thumb/")
     page.wait_for_function(
         "() => [...document.querySelectorAll('.grid img')]"
         ".every(i => i.complete && i.naturalWidth > 0)"
     )
+    for i in range(2):
+        assert (tiles.nth(i).get_attribute("src") or "").startswith("/images/thumb/")
     v.step("gallery")
 
     # Open one; copy its URL; it is served publicly.
@@ -151,7 +151,7 @@ def journey(
     assert len(json.loads(listing.stdout)["items"]) == 1
 
     # Sign out: the back button brings back no private data.
-    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("button", name="Sign out", exact=True).click()
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     page.go_back()
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()

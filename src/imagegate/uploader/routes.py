@@ -167,7 +167,7 @@ async def list_images(
     responses=error_responses(401, 404),
 )
 async def get_image(
-    filename: str, identity: CurrentIdentity, runtime: RuntimeDep, session: SessionDep
+    filename: str, identity: ReadIdentity, runtime: RuntimeDep, session: SessionDep
 ) -> ImageOut:
     image = None
     if is_image_name(filename):
@@ -199,7 +199,7 @@ class ImageChange(BaseModel):
 async def change_image(
     filename: str,
     change: ImageChange,
-    identity: CurrentIdentity,
+    identity: WriteIdentity,
     runtime: RuntimeDep,
     session: SessionDep,
 ) -> ImageOut:

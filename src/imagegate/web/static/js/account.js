@@ -1,6 +1,6 @@
 // The account: usage, password, sessions, API keys and webhooks.
 
-import { call, signIn, signOut } from "./api.js";
+import { call, changePassword, signOut } from "./api.js";
 import { announce, bytes, date, errorBox, explain, field, h, setError, show } from "./ui.js";
 
 function section(title, ...children) {
@@ -16,7 +16,7 @@ function usage(user) {
   );
 }
 
-function password(user) {
+function password() {
   const current = h("input", { type: "password", autocomplete: "current-password", required: true });
   const fresh = h("input", { type: "password", autocomplete: "new-password", required: true });
   const error = errorBox();
@@ -31,11 +31,7 @@ function password(user) {
           setError(error, "");
           button.disabled = true;
           try {
-            await call("PUT", "/v1/user/password", {
-              json: { current_password: current.value, new_password: fresh.value },
-            });
-            // Every other session ended; this one continues with a fresh cookie.
-            await signIn(user.login, fresh.value);
+            await changePassword(current.value, fresh.value);
             current.value = "";
             fresh.value = "";
             announce("Password changed; your other sessions are signed out");
@@ -218,7 +214,7 @@ export async function accountView(view) {
   show(view, h("p", { class: "hint" }, "Loading…"));
   try {
     const user = await call("GET", "/v1/user");
-    show(view, h("div", { class: "account" }, h("h1", {}, "Account"), usage(user), password(user), sessions(), keys(), webhooks()));
+    show(view, h("div", { class: "account" }, h("h1", {}, "Account"), usage(user), password(), sessions(), keys(), webhooks()));
   } catch (failure) {
     show(view, h("section", { class: "card" }, h("h1", {}, "Account"), h("p", { class: "error", role: "alert" }, explain(failure))));
   }

@@ -85,6 +85,14 @@ export async function signIn(login, password) {
   setAccess(body.access_token);
 }
 
+// Every other session ends; this one goes on with the new tokens (the cookie replaced).
+export async function changePassword(current, fresh) {
+  const body = await call("PUT", "/v1/user/password?refresh=cookie", {
+    json: { current_password: current, new_password: fresh },
+  });
+  setAccess(body.access_token);
+}
+
 export async function register(login, password) {
   await call("POST", "/v1/register", { json: { login, password }, anonymous: true });
 }
