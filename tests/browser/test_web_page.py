@@ -309,3 +309,45 @@ def test_files_dropped_or_pasted_are_uploaded(
     with httpx.Client(base_url=server.base_url, timeout=60) as c:
         items = c.get("/v1/images", headers=account.auth).json()["items"]
     assert [i["visibility"] for i in items] == ["private", "private"]
+
+
+def test_refusals_are_shown_as_the_api_words_them(
+    tmp_path: Path, visit: Callable[..., Visit]
+) -> None:
+    """A webhook to an internal address shows why it is refused; an accepted one shows its
+    secret once and lists its deliveries; a throttled sign-in shows how long to wait."""
+    env = {
+        "IMAGEGATE_LOGIN_MAX_FAILURES": "2",
+        "IMAGEGATE_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.2/32",  # one receiver address allowed
+    }
+    server = ServerProcess(tmp_path / "data", env=env).start()
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=60) as c:
+            account = register_and_login(c)
+        v = visit(server.base_url)
+        page = v.page
+        sign_in(v, account)
+        page.get_by_role("navigation").get_by_role("link", name="Account").click()
+        webhooks = page.get_by_role("region", name="Webhooks")
+        webhooks.get_by_label("Address").fill("http://127.0.0.1:9/hook")
+        webhooks.get_by_role("button", name="Add webhook").click()
+        expect(webhooks.get_by_role("alert")).to_contain_text("loopback")
+        v.step("webhook refused")
+        webhooks.get_by_label("Address").fill("http://127.0.0.2:9/hook")
+        webhooks.get_by_role("button", name="Add webhook").click()
+        expect(webhooks).to_contain_text("whsec_")
+        expect(webhooks.get_by_role("list", name="Webhooks")).to_contain_text("127.0.0.2")
+        webhooks.get_by_role("button", name="Recent deliveries").click()
+        expect(webhooks.locator(".deliveries li")).not_to_have_count(0)
+        v.step("webhook added")
+
+        page.get_by_role("button", name="Sign out", exact=True).click()
+        for _ in range(3):
+            page.get_by_label("Login").fill(account.login)
+            page.get_by_label("Password").fill("not the password")
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.get_by_role("alert")).not_to_be_empty()
+        expect(page.get_by_role("alert")).to_contain_text("try again in")
+        v.step("throttled")
+    finally:
+        server.stop()

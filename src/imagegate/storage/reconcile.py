@@ -53,7 +53,11 @@ async def remove_orphans(
                 "public" if known[obj.name] else "private",
             )
     if removed:
-        log.warning("removed %d stored objects left by a crash", removed)
+        log.warning(
+            "removed %d stored objects that had no record, or a copy on the side their record "
+            "does not say (left by a crash)",
+            removed,
+        )
     missing = {n for n in known if n not in seen and n.count(".") == 1}  # images, not variants
     if missing:
         log.error("%d image records have no stored bytes, e.g. %s", len(missing), min(missing))
