@@ -90,12 +90,14 @@ def new_password() -> str:
     return secrets.token_urlsafe(18)
 
 
-def post_as_a_patient_client(client: httpx.Client, path: str, body: object) -> httpx.Response:
+def post_as_a_patient_client(
+    client: httpx.Client, path: str, body: object, headers: dict[str, str] | None = None
+) -> httpx.Response:
     """POST, waiting as told and trying again while the answer is 429: through the gateway, the
     suite registers and logs in faster than its per-address rate limit allows (by design)."""
     deadline = time.monotonic() + 120
     while True:
-        r = client.post(path, json=body)
+        r = client.post(path, json=body, headers=headers)
         if r.status_code != 429 or time.monotonic() > deadline:
             return r
         time.sleep(float(r.headers.get("retry-after", "1")))

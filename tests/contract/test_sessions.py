@@ -225,7 +225,13 @@ def _cookie_of(r: httpx.Response) -> tuple[str, str]:
 
 def test_refresh_cookie_flow_with_csrf_checks(client: httpx.Client, account: Account) -> None:
     creds = {"login": account.login, "password": account.password}
+    csrf = {"X-Requested-With": "imagegate"}
+    # A login that would set the cookie needs the same proof: a cross-site form could otherwise
+    # sign the browser into another account.
     r = post_as_a_patient_client(client, "/v1/token?refresh=cookie", creds)
+    assert r.status_code == 403 and "X-Requested-With" in r.json()["error"]
+    assert not [c for c in r.headers.get_list("set-cookie") if c.startswith(f"{COOKIE}=")]
+    r = post_as_a_patient_client(client, "/v1/token?refresh=cookie", creds, csrf)
     # (post_as_a_patient_client sends no Accept: the body is the bare JWT; the cookie rides.)
     assert r.status_code == 200 and r.text.count(".") == 2
     value, line = _cookie_of(r)
@@ -233,7 +239,6 @@ def test_refresh_cookie_flow_with_csrf_checks(client: httpx.Client, account: Acc
     assert {"httponly", "secure", "samesite=strict", "path=/v1/token"} <= attributes
     assert value.startswith("igr_")
     cookie = {"Cookie": f"{COOKIE}={value}"}
-    csrf = {"X-Requested-With": "imagegate"}
 
     # A cross-site form could send the cookie, never a custom header: refused.
     r = client.post("/v1/token/refresh", headers={**JSON, **cookie})

@@ -155,3 +155,32 @@ def test_api_keys_cannot_log_out_change_the_password_or_delete(http: httpx.Clien
     assert http.get("/v1/user", headers=account.auth).status_code == 200
     creds = {"login": account.login, "password": account.password}
     assert http.post("/v1/token", json=creds).status_code == 200
+
+
+def test_strangers_failing_logins_do_not_lock_a_signed_in_person_out_of_their_password(
+    server: ServerProcess,
+) -> None:
+    """Password change and account deletion confirm the password on the session's own budget:
+    failed logins on the name (anyone can make them) leave it alone, and its own wrong
+    guesses are throttled all the same."""
+    with client_from(server, "127.0.0.1") as http:
+        account, _ = signed_up(http)
+    with client_from(server, "127.0.0.5") as stranger:
+        for _ in range(10):
+            r = stranger.post(
+                "/v1/token", json={"login": account.login, "password": "not it at all"}
+            )
+            if r.status_code == 429:
+                break
+            assert r.status_code == 401, r.text
+        assert r.status_code == 429  # the login is locked for password logins now
+    with client_from(server, "127.0.0.1") as http:
+        url = "/v1/user/password"
+        fresh = new_password()
+        change = {"current_password": account.password, "new_password": fresh}
+        r = http.put(url, json=change, headers=account.auth)
+        assert r.status_code == 200, r.text
+        auth = {"Authorization": f"Bearer {r.json()['access_token']}"}
+        wrong = {"current_password": "not the password", "new_password": new_password()}
+        answers = [http.put(url, json=wrong, headers=auth).status_code for _ in range(8)]
+        assert answers[0] == 401 and answers[-1] == 429, answers

@@ -150,7 +150,8 @@ def test_password_change_through_the_gateway_ends_other_sessions_everywhere(
 def test_refresh_cookie_through_the_gateway(stack: Stack) -> None:
     with _client(stack, stack.https) as gateway:
         creds, _ = _signed_up(gateway)
-        r = gateway.post("/v1/token?refresh=cookie", json=creds, headers=JSON)
+        csrf = {"X-Requested-With": "imagegate"}
+        r = gateway.post("/v1/token?refresh=cookie", json=creds, headers={**JSON, **csrf})
         assert r.status_code == 200 and "refresh_token" not in r.json()
         line = next(
             c for c in r.headers.get_list("set-cookie") if c.startswith("imagegate_refresh=")

@@ -23,6 +23,7 @@ from playwright.sync_api import (
     ConsoleMessage,
     Page,
     Playwright,
+    Request,
     Response,
     sync_playwright,
 )
@@ -86,6 +87,10 @@ class Visit:
     base_url: str
     errors: list[str] = field(default_factory=list)
     steps: int = 0
+    # Every request made since the page was opened, and each finished one's transfer size
+    # (headers and body as sent, compressed).
+    requested: list[str] = field(default_factory=list)
+    transfers: list[tuple[str, int]] = field(default_factory=list)
 
     def step(self, name: str, *, scan: bool = True) -> None:
         """A screenshot named for the step; then the console and (``scan``) axe-core checks."""
@@ -136,8 +141,15 @@ def visit(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Any]:
             if response.status >= 500:
                 visit.errors.append(f"{response.status} from {response.url}")
 
+        def on_finished(request: Request) -> None:
+            sizes = request.sizes()
+            size = sizes["responseBodySize"] + sizes["responseHeadersSize"]
+            visit.transfers.append((request.url, size))
+
         page.on("console", on_console)
         page.on("response", on_response)
+        page.on("request", lambda request: visit.requested.append(request.url))
+        page.on("requestfinished", on_finished)
         page.on("pageerror", lambda exc: visit.errors.append(f"uncaught: {exc}"))
         response = page.goto("/")
         assert response is not None and response.status == 200

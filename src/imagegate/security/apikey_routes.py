@@ -119,8 +119,13 @@ def _check_scopes(scopes: list[str]) -> frozenset[str]:
     responses=error_responses(400, 401, 403, 409, 413, 422),
 )
 async def create_key(
-    body: ApiKeyIn, identity: SessionIdentity, runtime: RuntimeDep, session: SessionDep
+    body: ApiKeyIn,
+    identity: SessionIdentity,
+    runtime: RuntimeDep,
+    session: SessionDep,
+    response: Response,
 ) -> ApiKeyCreated:
+    response.headers["Cache-Control"] = "no-store"  # the secret: no cache may keep it
     settings = runtime.settings
     name = _check_name(body.name)
     scopes = _check_scopes(body.scopes)

@@ -30,6 +30,7 @@ from imagegate.security.keys import (
     format_ring,
     parse_ring,
     public_jwk,
+    public_pem,
     write_atomically,
 )
 from imagegate.security.tokens import TokenIssuer
@@ -144,4 +145,7 @@ def public_keys_pem(settings: Settings) -> str:
     create_signing_key_file(path)
     now = time.time()
     keys = [k for k in parse_ring(path.read_bytes(), path) if not k.retired(now)]
+    if len(keys) == 1 and keys[0].retire_after is None:
+        # No rotation under way: the plain PEM any tool reads, as before rotations existed.
+        return public_pem(keys[0].public).decode()
     return format_ring(keys, private=False).decode()

@@ -212,10 +212,13 @@ async def _check_password(
     login: str,
     password: str,
     wrong: str,
+    signed_in: Identity | None = None,
 ) -> _Checked:
     """The one password check (login, and confirming an account's deletion): throttled per
     login and per address before the password is checked; a wrong password stays counted and
-    answers 401 ``wrong``; 429 while throttled."""
+    answers 401 ``wrong``; 429 while throttled. ``signed_in``: the caller's session confirms
+    its own password (password change, deletion) on that session's own budget, so strangers
+    failing logins on the name cannot lock the signed-in person out of these."""
     s = runtime.settings
     policy = throttle.ThrottlePolicy(
         s.login_max_failures,
@@ -240,6 +243,9 @@ async def _check_password(
         # A client that logged in before: its own budget, not the login's lockout nor the
         # address's (a stranger behind the same NAT cannot lock it out either).
         account_key, address_key = throttle.device_key(device), None
+    elif signed_in is not None:
+        account_key = throttle.session_key(signed_in.session_id or f"user:{signed_in.user_id}")
+        address_key = None
     else:
         address = client_address(request)
         account_key = throttle.login_key(login)
@@ -362,6 +368,10 @@ def _tokens_response(
 )
 async def login(request: Request, runtime: RuntimeDep, session: SessionDep) -> Response:
     mode = _refresh_mode(request)
+    if mode == "cookie":
+        # A cross-site form could otherwise sign the browser into another account (login
+        # CSRF): the cookie it sets would replace the person's own session.
+        _check_csrf(request)
     raw_login, password = await _read_credentials(request)
     s = runtime.settings
     checked = await _check_password(
@@ -448,7 +458,12 @@ async def validate(request: Request) -> JSONResponse:
 
 @router.get("/.well-known/jwks.json", summary="Public keys that verify tokens")
 async def jwks(runtime: RuntimeDep) -> JSONResponse:
-    return JSONResponse(runtime.verifier.jwks(), headers={"Cache-Control": "public, max-age=300"})
+    # Cached for less than a new key's activation delay: a verifier elsewhere that honours
+    # the cache knows a key before any token it signed arrives.
+    age = max(1, int(runtime.settings.jwt_key_activation_seconds) // 2)
+    return JSONResponse(
+        runtime.verifier.jwks(), headers={"Cache-Control": f"public, max-age={age}"}
+    )
 
 
 class PasswordConfirmation(BaseModel):
@@ -475,8 +490,8 @@ async def _read_password(request: Request) -> str:
     "/v1/user",
     status_code=204,
     summary="Delete the caller's account and all its images",
-    description="Needs the account's password in the body, checked and throttled as a login "
-    "is (a wrong one counts as a failed login). Answers 204 once the account and its image "
+    description="Needs the account's password in the body, checked as a login is and throttled "
+    "on the session's own budget. Answers 204 once the account and its image "
     "records are gone; the image bytes are removed in the background within seconds, and "
     "the account's tokens stop working at once.",
     responses={204: {"description": "Deleted"}, **error_responses(400, 401, 413, 429, 503)},
@@ -492,7 +507,7 @@ async def delete_me(request: Request, runtime: RuntimeDep, session: SessionDep) 
     identity = await authenticate(request, account_check=True, session_only=True)
     password = await _read_password(request)
     checked = await _check_password(
-        request, runtime, session, identity.login, password, "wrong password"
+        request, runtime, session, identity.login, password, "wrong password", identity
     )
     user = await session.get(User, identity.user_id)
     if user is None or checked.identity.user_id != identity.user_id:
@@ -758,8 +773,8 @@ async def _read_password_change(request: Request) -> tuple[str, str]:
     "/v1/user/password",
     response_model=TokenOut,
     summary="Change the password; ends every other session",
-    description="Checks `current_password` as a login does (throttled; a wrong one counts as "
-    "a failed login: 401, 429 + Retry-After), applies the registration policy to "
+    description="Checks `current_password` as a login does, throttled on the session's own "
+    "budget (401, then 429 + Retry-After), applies the registration policy to "
     "`new_password` (422), then ends every session of the account and every access token "
     "issued before, and answers like a JSON login with the tokens of a new session "
     "(`?refresh=cookie`: the refresh token as the cookie). Not with an API key (403).",
@@ -784,11 +799,13 @@ async def _read_password_change(request: Request) -> tuple[str, str]:
 async def change_password(request: Request, runtime: RuntimeDep, session: SessionDep) -> Response:
     identity = await authenticate(request, account_check=True, session_only=True)
     mode = _refresh_mode(request)
+    if mode == "cookie":
+        _check_csrf(request)
     current, new = await _read_password_change(request)
     s = runtime.settings
     check_password_policy(new, identity.login, s.password_min_length)  # 422, not a guess
     checked = await _check_password(
-        request, runtime, session, identity.login, current, "wrong password"
+        request, runtime, session, identity.login, current, "wrong password", identity
     )
     if checked.identity.user_id != identity.user_id:  # the login now names another account
         raise Unauthorized("account no longer exists")

@@ -82,6 +82,11 @@ def device_key(token_hash: str) -> str:
     return _key("device", token_hash)
 
 
+def session_key(session_id: str) -> str:
+    """A signed-in session confirming its password (password change, account deletion)."""
+    return _key("session", session_id)
+
+
 def refuses(
     failures: int, window_started: float, blocked_until: float, policy: ThrottlePolicy, now: float
 ) -> bool:

@@ -8,6 +8,7 @@ Concurrent requests for the same missing variant in one process wait for one job
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -273,16 +274,28 @@ class VariantMaker:
                 rows[row["name"]] = (r, row)
             found = await records.recorded(session, list(rows))
             new = [row for name, (_, row) in rows.items() if name not in found]
-            for row in new:
-                r = rows[row["name"]][0]
-                await self._storage.put(
-                    row["name"], Path(r.path), public=current.public, content_type=r.content_type
-                )
-            await records.insert(session, new)
-            evicted: list[tuple[str, bool]] = []
-            if custom and new:
-                evicted = await records.evict_custom(session, image.name, CUSTOM_PER_IMAGE)
-            await session.commit()
+            stored: list[tuple[str, bool]] = []
+            try:
+                for row in new:
+                    r = rows[row["name"]][0]
+                    await self._storage.put(
+                        row["name"],
+                        Path(r.path),
+                        public=current.public,
+                        content_type=r.content_type,
+                    )
+                    stored.append((row["name"], current.public))
+                await records.insert(session, new)
+                evicted: list[tuple[str, bool]] = []
+                if custom and new:
+                    evicted = await records.evict_custom(session, image.name, CUSTOM_PER_IMAGE)
+                await session.commit()
+            except BaseException:
+                # Not recorded: remove what was stored now, rather than leave objects the
+                # gateway would serve (a public variant) that no visibility change would move.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._storage.delete_many(stored))
+                raise
         if evicted:  # after the commit: a crash leaves orphans, never records without bytes
             await self._storage.delete_many(evicted)
         self._metrics.variants_made.inc(len(new))

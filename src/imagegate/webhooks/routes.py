@@ -129,8 +129,13 @@ def _check_events(events: list[str] | None) -> list[str] | None:
     responses=error_responses(400, 401, 409, 413, 422, 503),
 )
 async def create_webhook(
-    body: WebhookIn, identity: CurrentIdentity, runtime: RuntimeDep, session: SessionDep
+    body: WebhookIn,
+    identity: CurrentIdentity,
+    runtime: RuntimeDep,
+    session: SessionDep,
+    response: Response,
 ) -> WebhookCreated:
+    response.headers["Cache-Control"] = "no-store"  # the signing secret: no cache may keep it
     settings = runtime.settings
     events = _check_events(body.events)
     try:

@@ -51,14 +51,13 @@ function password() {
 }
 
 function sessions() {
+  const error = errorBox();
+  const everywhere = () => signOut(true).catch((failure) => setError(error, explain(failure)));
   return section(
     "Sessions",
     h("p", {}, "Sign out here and on every other device and browser."),
-    h(
-      "p",
-      { class: "actions" },
-      h("button", { type: "button", onclick: () => signOut(true).catch(() => {}) }, "Sign out everywhere"),
-    ),
+    error,
+    h("p", { class: "actions" }, h("button", { type: "button", onclick: everywhere }, "Sign out everywhere")),
   );
 }
 

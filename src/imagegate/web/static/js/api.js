@@ -54,10 +54,17 @@ async function tokenCall(path, init) {
   return response.json();
 }
 
+// One refresh at a time across every tab of this site: a refresh token works once, and the
+// server takes a second use for theft (ending the session). A tab that waited sends the cookie
+// the first one got back.
+function exclusively(work) {
+  return navigator.locks ? navigator.locks.request("imagegate-refresh", work) : work();
+}
+
 // A new access token from the refresh cookie; false when there is no session to resume.
 export async function resume() {
   if (!refreshing) {
-    refreshing = tokenCall("/v1/token/refresh?refresh=cookie", { method: "POST" })
+    refreshing = exclusively(() => tokenCall("/v1/token/refresh?refresh=cookie", { method: "POST" }))
       .then((body) => {
         setAccess(body.access_token);
         return true;
@@ -89,6 +96,8 @@ export async function signIn(login, password) {
 export async function changePassword(current, fresh) {
   const body = await call("PUT", "/v1/user/password?refresh=cookie", {
     json: { current_password: current, new_password: fresh },
+    headers: CSRF,
+    checksPassword: true,
   });
   setAccess(body.access_token);
 }
@@ -97,17 +106,25 @@ export async function register(login, password) {
   await call("POST", "/v1/register", { json: { login, password }, anonymous: true });
 }
 
+// Signed out only once the server says so: on a shared computer, a "signed out" page whose
+// session still lives would let the next person in by reloading.
 export async function signOut(everywhere = false) {
   try {
     await call("POST", `/v1/logout${everywhere ? "?all=true" : ""}`, { headers: CSRF });
-  } finally {
-    setAccess(null);
+  } catch (error) {
+    if (everywhere) throw error;
+    // No usable access token (or the API failed): end this session by its cookie instead.
+    await tokenCall("/v1/token/revoke", { method: "POST" });
   }
+  setAccess(null);
 }
 
 // One API call with the access token; a 401 is retried once after a refresh from the cookie.
+// With ``checksPassword`` a 401 is about the password given, not the token: it is shown, never
+// retried (that would count a second failed attempt) and never signs the person out.
 export async function call(method, path, options = {}) {
-  const { json, body, headers = {}, anonymous = false, raw = false } = options;
+  const { json, body, headers = {}, anonymous = false, raw = false, checksPassword = false } =
+    options;
   const send = () => {
     const all = { Accept: "application/json", ...headers };
     if (!anonymous && access) all.Authorization = `Bearer ${access}`;
@@ -120,8 +137,9 @@ export async function call(method, path, options = {}) {
     });
   };
   let response = await send();
-  if (response.status === 401 && !anonymous && (await resume())) response = await send();
-  if (response.status === 401 && !anonymous) setAccess(null);
+  const tokenRefused = () => response.status === 401 && !anonymous && !checksPassword;
+  if (tokenRefused() && (await resume())) response = await send();
+  if (tokenRefused()) setAccess(null);
   if (!response.ok) throw await errorOf(response);
   if (raw) return response;
   return response.status === 204 ? null : response.json();
@@ -147,7 +165,8 @@ export function upload(file, visibility, onProgress) {
           // not JSON
         }
         if (xhr.status >= 200 && xhr.status < 300) {
-          resolve(answer);
+          // 200: the same bytes were uploaded before; that image, as it is (visibility too).
+          resolve({ image: answer, existing: xhr.status === 200 });
           return;
         }
         const message = answer && answer.error ? answer.error : `${xhr.status} ${xhr.statusText}`;

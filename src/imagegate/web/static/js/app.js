@@ -6,7 +6,7 @@ import { accountView } from "./account.js";
 import { galleryView } from "./gallery.js";
 import { imageView } from "./image.js";
 import { signInView, signUpView } from "./signin.js";
-import { announce, h, show } from "./ui.js";
+import { announce, explain, h, show } from "./ui.js";
 import { uploadView } from "./upload.js";
 
 const view = document.getElementById("view");
@@ -63,7 +63,7 @@ onSessionChange((isIn) => {
 });
 
 document.getElementById("signout").addEventListener("click", () => {
-  signOut(false).catch(() => {});
+  signOut(false).catch((error) => announce(`Sign-out failed: ${explain(error)}`));
 });
 window.addEventListener("hashchange", render);
 // The skip link focuses the content without touching the hash (the router's).

@@ -80,9 +80,15 @@ export function galleryView(view) {
     } finally {
       loading = false;
     }
-    if (finished) more_.disconnect();
-    // A short page leaves the end in view: the observer will not fire again by itself.
-    else if (sentinel.getBoundingClientRect().top < window.innerHeight + 200) more();
+    if (finished) {
+      more_.disconnect();
+    } else {
+      // Observed afresh: its first report is the end's position now. The observer reports
+      // only changes, and the end may have stayed in view (a short page, or a scroll that
+      // happened while this page loaded).
+      more_.unobserve(sentinel);
+      more_.observe(sentinel);
+    }
   }
 
   const more_ = new IntersectionObserver((entries) => {

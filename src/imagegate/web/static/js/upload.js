@@ -51,12 +51,14 @@ export function uploadView(view) {
       queue.push(async () => {
         result.textContent = "sending";
         try {
-          const image = await upload(file, chosen, (fraction) => {
+          const { image, existing } = await upload(file, chosen, (fraction) => {
             bar.value = fraction;
           });
           bar.value = 1;
           item.classList.add("done");
-          result.replaceChildren(h("a", { href: `#/image/${image.filename}` }, "stored"), " ", h("code", {}, new URL(image.url, window.location.origin).href));
+          const what = `${existing ? "already there" : "stored"}, ${image.visibility}`;
+          const url = new URL(image.url, window.location.origin).href;
+          result.replaceChildren(h("a", { href: `#/image/${image.filename}` }, what), " ", h("code", {}, url));
         } catch (error) {
           item.classList.add("failed");
           bar.remove();
