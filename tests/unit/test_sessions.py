@@ -344,3 +344,23 @@ async def test_feed_directory_answers_sessions_from_memory_while_fresh(
         assert await directory.refusal(Identity("ann", "ann", session_id="x")) == ACCOUNT_GONE
     finally:
         await directory.batcher.close()
+
+
+async def test_a_session_keeps_only_its_latest_used_tokens(
+    db: tuple[AsyncEngine, async_sessionmaker[AsyncSession]],
+) -> None:
+    _, maker = db
+    _, token = await _start(maker)
+    for i in range(sessions.USED_TOKENS_KEPT + 10):
+        _, issued = await _rotate(maker, token, T0 + 1 + i)
+        token = issued.refresh_token
+    async with maker() as s:
+        used = (
+            await s.scalars(select(RefreshToken.used).where(RefreshToken.used.is_not(None)))
+        ).all()
+        unused = (
+            await s.scalars(select(RefreshToken.token_hash).where(RefreshToken.used.is_(None)))
+        ).all()
+    assert len(used) == sessions.USED_TOKENS_KEPT and len(unused) == 1
+    # The latest ones: reuse of a recent token is still detected.
+    assert min(used) == T0 + 1 + 10

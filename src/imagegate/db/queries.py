@@ -75,6 +75,16 @@ async def accounts(session: AsyncSession) -> list[Account]:
     return [_account(row) for row in await session.execute(_ACCOUNTS.order_by(User.login))]
 
 
+async def password_hash_locked(session: AsyncSession, user_id: str) -> str | None:
+    """The account's password hash, its row locked for this transaction (None: gone).
+    PostgreSQL: a row lock; SQLite: the database's write lock, taken by a no-op write."""
+    if session.get_bind().dialect.name == "postgresql":
+        query = select(User.password_hash).where(User.id == user_id).with_for_update()
+        return await session.scalar(query)
+    await session.execute(update(User).where(User.id == user_id).values(id=User.id))
+    return await session.scalar(select(User.password_hash).where(User.id == user_id))
+
+
 async def set_password_hash(session: AsyncSession, user_id: str, password_hash: str) -> None:
     await session.execute(
         update(User).where(User.id == user_id).values(password_hash=password_hash)

@@ -159,6 +159,7 @@ async def _record_success(
     settings: Settings,
     user_id: str,
     device: str | None,
+    verified_hash: str,
     new_hash: str | None,
     refreshable: bool,
 ) -> tuple[str | None, str | None, login_sessions.Issued | None]:
@@ -170,6 +171,12 @@ async def _record_success(
     lifetime = settings.login_device_lifetime_seconds
     now = throttle.clock()
     try:
+        # The password verified is still the account's, checked under the account's lock: a
+        # password change committed while this login hashed ends every session; a session
+        # started after it from the old password (or a rehash of the old one) must not be.
+        if await queries.password_hash_locked(session, user_id) != verified_hash:
+            await session.rollback()
+            raise AppError("invalid login or password", status=401)  # as a wrong password
         await throttle.succeeded(session, memory, attempt)
         token = None
         if lifetime > 0:
@@ -387,7 +394,7 @@ async def login(request: Request, runtime: RuntimeDep, session: SessionDep) -> R
     # cookie, that session ends with its access token.
     refreshable = _wants_json(request) or mode == "cookie"
     cookie, session_id, issued = await _record_success(
-        session, memory, attempt, s, identity.user_id, device, new_hash, refreshable
+        session, memory, attempt, s, identity.user_id, device, stored_hash, new_hash, refreshable
     )
     now = throttle.clock()
     identity = Identity(identity.user_id, identity.login, session_id=session_id)

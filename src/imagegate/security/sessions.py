@@ -50,6 +50,7 @@ LOGOUT_ALL = "logout_all"
 PASSWORD_CHANGED = "password_changed"  # noqa: S105 - a reason, not a password
 REUSED = "refresh_token_reused"
 SESSION_LIMIT = "session_limit"
+USED_TOKENS_KEPT = 16  # per session, for reuse detection
 
 
 @dataclass(frozen=True)
@@ -295,12 +296,21 @@ async def rotate(
     await session.execute(
         update(LoginSession).where(LoginSession.id == session_id).values(last_used=now)
     )
-    # Used tokens are kept only while they could still be presented (reuse detection).
+    # Used tokens are kept for reuse detection only while they could still be presented, and
+    # only the session's latest few: a client refreshing in a loop must not grow the table
+    # without bound. An older one presented again is merely unknown (401, no revocation).
+    recent = (
+        select(RefreshToken.token_hash)
+        .where(RefreshToken.session_id == session_id, RefreshToken.used.is_not(None))
+        .order_by(RefreshToken.used.desc())
+        .limit(USED_TOKENS_KEPT)
+        .scalar_subquery()
+    )
     await session.execute(
         delete(RefreshToken).where(
             RefreshToken.session_id == session_id,
             RefreshToken.used.is_not(None),
-            RefreshToken.expires <= now,
+            (RefreshToken.expires <= now) | RefreshToken.token_hash.not_in(recent),
         )
     )
     issued = await _add_token(session, session_id, session_end, lifetimes, now)

@@ -30,6 +30,10 @@ CHUNK = 256 * 1024
 DELETE_OBJECTS_MAX = 1000  # keys per DeleteObjects request (the S3 API's limit)
 
 
+def _missing(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
+
+
 class StorageUnavailable(OSError):
     """The S3 service could not be reached or refused the request."""
 
@@ -116,10 +120,10 @@ class S3Storage:
                 try:
                     head = self.client.head_object(Bucket=self.bucket, Key=source)
                 except ClientError as exc:
-                    if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey"):
+                    if not _missing(exc):
                         raise
-                    # Moved by an earlier attempt that failed later: the target must exist.
-                    self.client.head_object(Bucket=self.bucket, Key=key_of(name, public))
+                    # Moved by an earlier attempt that failed later, or lost: either way
+                    # nothing to copy (reconciliation reports a record without bytes).
                     continue
                 # Metadata as a put on that side sets it: the year-long browser caching only
                 # for public objects.

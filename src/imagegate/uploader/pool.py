@@ -9,19 +9,21 @@ address-space ceiling and are replaced after a job that leaves them big.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import multiprocessing
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 from pebble import ProcessExpired, ProcessPool
 
-from imagegate.errors import AppError, Unprocessable
+from imagegate.errors import AppError, Unavailable, Unprocessable
 from imagegate.settings import Settings
 from imagegate.uploader.inspect import ImageRejected, Limits
 
@@ -148,13 +150,15 @@ class CodecPool:
     async def process(self, src: Path, dst: Path) -> Processed:
         """Run the image pipeline on ``src``. Capacity is decided before an upload's body is
         read (uploader/admission.py), so here every job waits for a worker."""
-        future = self._pool.schedule(
-            process_image,
-            args=(str(src), str(dst), self._limits, self._quality, self._budget),
-            timeout=self._timeout,
-        )
+        with _pool_failures():
+            future = self._pool.schedule(
+                process_image,
+                args=(str(src), str(dst), self._limits, self._quality, self._budget),
+                timeout=self._timeout,
+            )
         try:
-            return await asyncio.wrap_future(future)
+            with _pool_failures():
+                return await asyncio.wrap_future(future)
         except ImageRejected as exc:
             raise AppError(exc.message, status=exc.status) from None
         except FutureTimeout as exc:
@@ -177,25 +181,27 @@ class CodecPool:
         ``pixels`` is the original's width x height x frames: it sizes the CPU budget as for an
         upload. A call that fails or is given up on leaves no file behind."""
         token = secrets.token_hex(8)  # names this call's files, for the clean-up below
-        future = self._pool.schedule(
-            render_variants,
-            args=(
-                str(src),
-                str(out_dir),
-                tuple(jobs),
-                self._quality,
-                self._budget.seconds(pixels),
-                token,
-            ),
-            timeout=self._timeout,
-        )
+        with _pool_failures():
+            future = self._pool.schedule(
+                render_variants,
+                args=(
+                    str(src),
+                    str(out_dir),
+                    tuple(jobs),
+                    self._quality,
+                    self._budget.seconds(pixels),
+                    token,
+                ),
+                timeout=self._timeout,
+            )
 
         def remove_output() -> None:
             for path in out_dir.glob(f"{token}.*"):
                 path.unlink(missing_ok=True)
 
         try:
-            return await asyncio.wrap_future(future)
+            with _pool_failures():
+                return await asyncio.wrap_future(future)
         except ImageRejected as exc:
             raise AppError(exc.message, status=exc.status) from None
         except FutureTimeout as exc:
@@ -217,3 +223,15 @@ class CodecPool:
         self._pool.close()
         self._pool.join(timeout=10)
         self._pool.stop()
+
+
+@contextlib.contextmanager
+def _pool_failures() -> Iterator[None]:
+    """A pool whose workers cannot start (their initializer fails: a memory ceiling the
+    process may not set, an image library that does not load) refuses every job: a 503 that
+    says so, not a 500 per upload. /healthz reports it as ``codec: unavailable``."""
+    try:
+        yield
+    except (RuntimeError, BrokenProcessPool) as exc:
+        log.error("codec pool failed: %r", exc)
+        raise Unavailable("image processing is unavailable; try again later", 5) from exc

@@ -24,9 +24,11 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegate.db.models import Image, Variant
+from imagegate.errors import Unavailable
 from imagegate.events.envelope import EventType
 from imagegate.events.outbox import emit
 from imagegate.storage.base import Storage
+from imagegate.variants import records
 
 log = logging.getLogger("imagegate.uploader")
 
@@ -42,10 +44,16 @@ async def change_visibility(
 ) -> Image | None:
     """Make the owner's image public or private; the image as it is now (None: not theirs or
     gone). Commits the session."""
+    # The image's lock (SELECT … FOR UPDATE, or SQLite's write lock), as every writer of its
+    # objects takes it.
+    if not await records.lock_image(session, name):
+        await session.rollback()
+        return None
     image = await session.scalar(
-        select(Image).where(Image.name == name, Image.owner_id == owner_id).with_for_update()
+        select(Image).where(Image.name == name, Image.owner_id == owner_id)
     )
     if image is None:
+        await session.rollback()
         return None
     if image.public == public:
         await session.commit()
@@ -77,15 +85,31 @@ async def change_visibility(
             source=source,
         )
         await session.commit()
-    except BaseException:
+    except BaseException as exc:
         if public and objects:  # the record stays private: so must its bytes
             with contextlib.suppress(Exception):
                 await storage.delete_many([(n, True) for n in objects])
+        if isinstance(exc, OSError):  # storage (or its connection) failed: nothing changed
+            raise Unavailable("image storage is unavailable; try again shortly", 5) from exc
         raise
     if public and objects:
-        try:
-            await storage.delete_many([(n, False) for n in objects])
-        except Exception as exc:  # leftovers on the private side: reconciliation removes them
-            log.warning("private copies of %s not removed now: %s", name, exc)
+        await _remove_private_leftovers(session, storage, name, objects)
     await session.refresh(image)
     return image
+
+
+async def _remove_private_leftovers(
+    session: AsyncSession, storage: Storage, name: str, objects: list[str]
+) -> None:
+    """The private copies of an image just made public, removed under its lock again and
+    only while it is still public: a change back to private meanwhile has written fresh
+    private copies under the same names."""
+    try:
+        if await records.lock_image(session, name):
+            image = await session.get(Image, name, populate_existing=True)
+            if image is not None and image.public:
+                await storage.delete_many([(n, False) for n in objects])
+        await session.commit()
+    except Exception as exc:  # leftovers on the private side: reconciliation removes them
+        await session.rollback()
+        log.warning("private copies of %s not removed now: %s", name, exc)

@@ -159,10 +159,22 @@ class VariantMaker:
                     await records.lock_image(session, image_name)
                     gone = await records.forget_unused(session, names, before)
                     await session.commit()
-                await self._storage.delete_many(gone)
+                await self.remove_unrecorded(image_name, gone)
                 removed += len(gone)
             if len(batch) < PRUNE_BATCH:
                 return removed
+
+    async def remove_unrecorded(self, image_name: str, objects: Sequence[tuple[str, bool]]) -> None:
+        """Remove the objects of variant records just deleted: under the image's lock again, and
+        only those still without a record (the same custom size asked for again meanwhile is
+        recorded under the same name, and its bytes are the new ones)."""
+        if not objects:
+            return
+        async with self._sessions() as session:
+            await records.lock_image(session, image_name)  # gone: nothing records it again
+            again = await records.recorded(session, [name for name, _ in objects])
+            await self._storage.delete_many([o for o in objects if o[0] not in again])
+            await session.commit()
 
     async def idle(self) -> None:
         """Wait until every queued job is done (tests, and a clean stop)."""
@@ -296,8 +308,8 @@ class VariantMaker:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._storage.delete_many(stored))
                 raise
-        if evicted:  # after the commit: a crash leaves orphans, never records without bytes
-            await self._storage.delete_many(evicted)
+        # After the commit: a crash leaves orphans, never records without bytes.
+        await self.remove_unrecorded(image.name, evicted)
         self._metrics.variants_made.inc(len(new))
         return [found.get(name) or _stored(row) for name, (_, row) in rows.items()]
 

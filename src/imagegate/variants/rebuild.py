@@ -111,7 +111,7 @@ async def rebuild(settings: Settings, preset: str | None, jobs: int) -> Outcome:
                                     )
                                 await session.commit()
                         # After the commit: a crash leaves orphans, never records without bytes.
-                        await storage.delete_many(removed)
+                        await maker.remove_unrecorded(name, removed)
                         outcome.removed += len(removed)
                         # Awaited first: "x += await" reads x before the wait (lost updates).
                         made = await maker.make_presets(name, trigger="rebuild")

@@ -97,7 +97,8 @@ async def resolve(
     found = await records.variant(runtime.reads, name)
     if found is None:
         found = await _make(runtime, filename, owner_id, key, size, fmt, custom)
-    elif not _may_see(found, owner_id):
+    # Checked again for one just made: the image may have gone private while it was made.
+    if found is not None and not _may_see(found, owner_id):
         found = None
     if found is None:
         raise NotFound("no such image")
