@@ -266,6 +266,7 @@ def _variants(settings: Settings, args: argparse.Namespace) -> None:
         ) from None
     print(
         f"{_count(done.images, 'image')} checked, {_count(done.made, 'variant')} made"
+        + (f", {done.removed} of removed presets removed" if done.removed else "")
         + (f", {_count(done.failed, 'image')} refused" if done.failed else "")
     )
 

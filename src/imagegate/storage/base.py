@@ -37,6 +37,9 @@ class Storage(Protocol):
         """Remove every ``(name, public)`` of ``objects`` (missing ones are not an error);
         raises OSError if any could not be removed — the others may be gone already."""
 
+    async def exists(self, name: str, *, public: bool) -> bool:
+        """Whether ``name`` is stored on that side."""
+
     async def health(self) -> None:
         """Raise if the backend cannot be written and read right now."""
 

@@ -65,6 +65,9 @@ class LocalStorage:
     async def delete_many(self, objects: Sequence[tuple[str, bool]]) -> None:
         await anyio.to_thread.run_sync(self._delete_many, [name for name, _ in objects])
 
+    async def exists(self, name: str, *, public: bool) -> bool:
+        return await anyio.to_thread.run_sync((self.root / name).is_file)
+
     def _health(self) -> None:
         probe = self.root / f".health-{os.getpid()}"
         probe.write_bytes(b"ok")

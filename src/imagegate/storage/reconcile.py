@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from imagegate.db import queries
+from imagegate.db.models import Image, Variant
 from imagegate.storage.base import Storage
 from imagegate.variants import records
 
@@ -41,9 +43,9 @@ async def remove_orphans(
         elif separate and obj.public != public and obj.modified < older_than:
             elsewhere.append(obj)
     for obj in elsewhere:
-        if known[obj.name] in seen[obj.name]:  # the record's side has it: a leftover copy
-            await storage.delete(obj.name, public=obj.public)
-            removed += 1
+        if known[obj.name] in seen[obj.name]:  # the record's side had it: a leftover copy
+            if await _remove_leftover(storage, sessions, obj.name, obj.public):
+                removed += 1
         else:
             log.error(
                 "%s is stored %s but its record says %s (a visibility change cut off): "
@@ -62,3 +64,32 @@ async def remove_orphans(
     if missing:
         log.error("%d image records have no stored bytes, e.g. %s", len(missing), min(missing))
     return removed
+
+
+async def _remove_leftover(
+    storage: Storage, sessions: async_sessionmaker[AsyncSession], name: str, side: bool
+) -> bool:
+    """Remove the copy of ``name`` on ``side`` if, under its image's lock and as of now, its
+    record says the other side and that side has the object. The listing is minutes old on a
+    big bucket: a visibility change meanwhile may have made this copy the only one."""
+    async with sessions() as session:
+        image_name = name
+        if name.count(".") == 2:  # a variant: its image's lock
+            found = await session.scalar(select(Variant.image_name).where(Variant.name == name))
+            if found is None:
+                return False
+            image_name = found
+        if not await records.lock_image(session, image_name):
+            return False
+        public: bool | None
+        if image_name == name:
+            visibility = await session.scalar(select(Image.visibility).where(Image.name == name))
+            public = None if visibility is None else visibility == "public"
+        else:
+            public = await session.scalar(select(Variant.public).where(Variant.name == name))
+        if public is None or public == side or not await storage.exists(name, public=public):
+            await session.rollback()
+            return False
+        await storage.delete(name, public=side)
+        await session.commit()
+        return True

@@ -158,6 +158,18 @@ class S3Storage:
                     f"{first.get('Key')}: {first.get('Code')} {first.get('Message')}"
                 )
 
+    async def exists(self, name: str, *, public: bool) -> bool:
+        def head() -> bool:
+            try:
+                self.client.head_object(Bucket=self.bucket, Key=key_of(name, public))
+            except ClientError as exc:
+                if _missing(exc):
+                    return False
+                raise
+            return True
+
+        return bool(await self._call(head))
+
     async def health(self) -> None:
         await self._call(self.client.head_bucket, Bucket=self.bucket)
 
