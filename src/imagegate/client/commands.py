@@ -13,6 +13,7 @@ import json
 import os
 import queue
 import secrets
+import signal
 import ssl
 import sys
 import threading
@@ -97,9 +98,28 @@ class StoredSession(Client):
             ):
                 self._tokens = theirs
                 return theirs
-            tokens = super().refresh()
-            _save_session(self.url, self.login_name, tokens)
+            with _interrupt_deferred():
+                tokens = super().refresh()
+                _save_session(self.url, self.login_name, tokens)
             return tokens
+
+
+@contextlib.contextmanager
+def _interrupt_deferred() -> Iterator[None]:
+    """Ctrl-C waits for the end of the block: between the server rotating the refresh token
+    and the file saving the new one, an exit would keep a spent token (the next command would
+    present it again, and the server would end the session as stolen)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only; push's Ctrl-C waits for this lock instead
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, _: pending.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pending:
+            raise KeyboardInterrupt
 
 
 def _verify() -> bool | ssl.SSLContext:
@@ -488,6 +508,9 @@ def _push(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         interrupted = True
         stop.set()
+        # An upload thread renewing the session finishes saving it first (see StoredSession);
+        # holding the lock from here, no other starts one before the exit.
+        client._lock.acquire(timeout=10)
     finally:
         view.close()
     if not interrupted:  # otherwise uploads may still be using it: the exit closes them
