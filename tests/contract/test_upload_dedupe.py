@@ -5,6 +5,7 @@ tests/embedded/test_upload_dedupe.py."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 
@@ -44,3 +45,24 @@ def test_the_same_bytes_twice_answer_the_first_image(
     theirs = _upload(client, other, data)
     assert theirs.status_code == 201, theirs.text
     assert theirs.json()["filename"] != first.json()["filename"]
+
+
+def test_a_client_finds_an_upload_by_the_digest_of_its_bytes(
+    client: httpx.Client, make_account: Callable[[], Account]
+) -> None:
+    owner, other = make_account(), make_account()
+    data = images.jpeg(320, 240, seed=9) + os.urandom(16)
+    digest = hashlib.sha256(data).hexdigest()
+    query = {"uploaded_sha256": digest}
+    empty = client.get("/v1/images", params=query, headers=owner.auth)
+    assert empty.status_code == 200 and empty.json() == {"items": [], "next_cursor": None}
+    first = _upload(client, owner, data)
+    assert first.status_code == 201, first.text
+    found = client.get("/v1/images", params=query, headers=owner.auth).json()
+    assert [i["filename"] for i in found["items"]] == [first.json()["filename"]]
+    # The stored bytes' digest is another (re-encoded); and another owner finds nothing.
+    assert first.json()["sha256"] != digest
+    theirs = client.get("/v1/images", params=query, headers=other.auth).json()
+    assert theirs["items"] == []
+    bad = client.get("/v1/images", params={"uploaded_sha256": "XYZ"}, headers=owner.auth)
+    assert bad.status_code == 422 and bad.json()["error"]

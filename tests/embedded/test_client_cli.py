@@ -10,6 +10,7 @@ import json
 import os
 import pty
 import queue
+import re
 import select
 import signal
 import stat
@@ -236,6 +237,13 @@ def test_a_push_cut_short_is_resumed_without_duplicates(
         _interrupt_and_resume(server, tmp_path / sig.name, sig)
 
 
+def _duplicate_uploads(server: ServerProcess) -> float:
+    """Uploads the server answered as "the same bytes again" (it received them)."""
+    text = httpx.get(f"{server.base_url}/metrics", timeout=30).text
+    found = re.search(r'^imagegate_uploads_total\{outcome="duplicate"\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 def _big_image() -> bytes:
     # Noise does not compress: well over a pipe's 64 KiB buffer.
     noise = Image.frombytes("RGB", (600, 600), os.urandom(600 * 600 * 3))
@@ -322,9 +330,11 @@ def _interrupt_and_resume(server: ServerProcess, tmp_path: Path, sig: signal.Sig
     proc.stdout.close()
     proc.stderr.close()
 
-    # The same command again, the pipe now a file with the whole picture.
+    # The same command again, the pipe now a file with the whole picture: the files stored
+    # by the first run are found by their digest and not sent again.
     piped.unlink()
     piped.write_bytes(big)
+    duplicates = _duplicate_uploads(server)
     again = user.run(*command)
     assert again.returncode == 0, again.stderr
     files = files_of(lines(again.stdout))
@@ -338,6 +348,7 @@ def _interrupt_and_resume(server: ServerProcess, tmp_path: Path, sig: signal.Sig
     assert "6 stored" not in again.stderr and "7 stored, 6 already there, 0 failed" in again.stderr
     for i in range(6):  # "exists" names the image stored by the first run
         assert files[f"a{i}.png"]["filename"] == seen[i]["filename"]
+    assert _duplicate_uploads(server) == duplicates  # none of them was uploaded again
     listed = listing(user)
     assert len(listed) == 13
     assert len({i["filename"] for i in listed}) == len({i["sha256"] for i in listed}) == 13

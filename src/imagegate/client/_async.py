@@ -242,6 +242,12 @@ class AsyncClient:
             params["cursor"] = cursor
         return page_from(await self._send("GET", "/v1/images", params=params))
 
+    async def find_upload(self, sha256: str) -> Image | None:
+        """The caller's image whose uploaded bytes had this sha256 (hex), if any."""
+        params = {"uploaded_sha256": sha256}
+        items = page_from(await self._send("GET", "/v1/images", params=params)).items
+        return items[0] if items else None
+
     async def iter_images(self, *, page_size: int = 200) -> AsyncIterator[Image]:
         """Every image of the caller, newest first, page after page."""
         cursor: str | None = None

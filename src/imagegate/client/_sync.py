@@ -301,6 +301,13 @@ class Client:
             params["cursor"] = cursor
         return page_from(self._send("GET", "/v1/images", params=params))
 
+    def find_upload(self, sha256: str) -> Image | None:
+        """The caller's image whose uploaded bytes had this sha256 (hex), if any: a file sent
+        before need not be sent again."""
+        params = {"uploaded_sha256": sha256}
+        items = page_from(self._send("GET", "/v1/images", params=params)).items
+        return items[0] if items else None
+
     def iter_images(self, *, page_size: int = 200) -> Iterator[Image]:
         """Every image of the caller, newest first, page after page."""
         cursor: str | None = None

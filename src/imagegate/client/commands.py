@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import dataclasses
 import getpass
+import hashlib
 import json
 import os
 import queue
@@ -424,6 +425,24 @@ def _human(outcome: Outcome, client: Client) -> str:
     return f"{outcome.status:<7} {outcome.item.shown}: {status}{outcome.error}"
 
 
+def _already_uploaded(client: Client, path: Path) -> Image | None:
+    """The caller's image with this file's bytes, asked by their sha256 before sending them
+    (an interrupted push run again sends only what is missing). A key without images:read
+    cannot ask: the upload itself then answers "exists" for a file sent before."""
+    if not path.is_file():  # a pipe: read once, while it is sent
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    try:
+        return client.find_upload(digest.hexdigest())
+    except ApiError as exc:
+        if exc.status == 403:
+            return None
+        raise
+
+
 class _Stopped(Exception):
     """Raised inside an upload's body to abandon it when the run stops."""
 
@@ -453,6 +472,9 @@ def _push(args: argparse.Namespace) -> int:
             view.progress(item, sent)
 
         try:
+            before = _already_uploaded(client, item.path)
+            if before is not None:  # sent by an earlier run: not sent again
+                return Outcome(item, "exists", before, 200)
             up = client.upload(item.path, visibility=visibility, progress=progress)
         except _Stopped:
             return Outcome(item, "interrupted", error="interrupted")

@@ -150,13 +150,25 @@ async def list_images(
     runtime: RuntimeDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
+    uploaded_sha256: Annotated[
+        str | None,
+        Query(
+            pattern="^[0-9a-f]{64}$",
+            description="Only the image whose uploaded bytes had this sha256 (hex), if the "
+            "caller has one: a client resuming a batch skips files already there without "
+            "sending them.",
+        ),
+    ] = None,
 ) -> ImagePage:
+    presets = runtime.variants.presets.values()
+    if uploaded_sha256 is not None:
+        found = await queries.image_by_upload(session, identity.user_id, uploaded_sha256)
+        return ImagePage(items=[ImageOut.of(found, presets)] if found else [], next_cursor=None)
     try:
         after = queries.decode_cursor(cursor) if cursor else None
     except ValueError as exc:
         raise Unprocessable("cursor: not a cursor from this listing") from exc
     images, next_cursor = await queries.images_page(session, identity.user_id, limit, after)
-    presets = runtime.variants.presets.values()
     return ImagePage(items=[ImageOut.of(i, presets) for i in images], next_cursor=next_cursor)
 
 
