@@ -62,13 +62,15 @@ def axe_source() -> str:
     return script.read_text()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
+    # Per module, not per session: the sync API keeps an event loop running in this thread
+    # while it is open, and later tests' asyncio.run() would refuse to start.
     with sync_playwright() as p:
         yield p
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     # Playwright's own browser download is not reachable here: the system's Chromium it is.
     # scripts/bootstrap installs it; a machine without it fails here, never skips.
