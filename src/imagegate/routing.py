@@ -1,7 +1,8 @@
-"""Route registration shared by the services' routers."""
+"""Route registration and path checks shared by the services' routers."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,3 +22,11 @@ def get_and_head(router: APIRouter, path: str, **options: Any) -> Callable[[Endp
         return endpoint
 
     return register
+
+
+def is_uuid(value: str) -> bool:
+    """A canonical (lower-case, hyphenated) UUID: ids in paths are checked before any lookup."""
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import datetime
 from typing import Annotated
 
@@ -13,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from imagegate.db.models import ApiKey
 from imagegate.deps import RuntimeDep, SessionDep, SessionIdentity
 from imagegate.errors import Conflict, NotFound, Unauthorized, Unprocessable, error_responses
+from imagegate.routing import is_uuid
 from imagegate.security import apikeys
 
 router = APIRouter(tags=["api keys"])
@@ -161,13 +161,6 @@ async def list_keys(identity: SessionIdentity, session: SessionDep) -> ApiKeyLis
     return ApiKeyList(items=[_out(r) for r in rows])
 
 
-def _is_id(value: str) -> bool:
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False
-
-
 @router.delete(
     "/v1/keys/{key_id}",
     status_code=204,
@@ -176,6 +169,6 @@ def _is_id(value: str) -> bool:
     responses={204: {"description": "Revoked"}, **error_responses(401, 403, 404)},
 )
 async def revoke_key(key_id: str, identity: SessionIdentity, session: SessionDep) -> Response:
-    if not _is_id(key_id) or not await apikeys.revoke(session, identity.user_id, key_id):
+    if not is_uuid(key_id) or not await apikeys.revoke(session, identity.user_id, key_id):
         raise NotFound("no such API key")
     return Response(status_code=204)

@@ -284,10 +284,26 @@ def _wants_json(request: Request) -> bool:
 
 
 def _refresh_mode(request: Request) -> Literal["body", "cookie"]:
+    """Where a new refresh token goes (``?refresh=``). Setting the cookie needs the same CSRF
+    proof as using it: a cross-site form could otherwise sign the browser into another
+    account (login CSRF), replacing the person's own session."""
     mode = request.query_params.get("refresh", "body")
     if mode not in ("body", "cookie"):
         raise BadRequest("refresh must be body or cookie")
-    return "cookie" if mode == "cookie" else "body"
+    if mode == "cookie":
+        _check_csrf(request)
+        return "cookie"
+    return "body"
+
+
+# The ``refresh`` query parameter of the routes that start a session, for the OpenAPI document.
+_REFRESH_PARAMETER: dict[str, Any] = {
+    "name": "refresh",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "enum": ["body", "cookie"], "default": "body"},
+    "description": _REFRESH_MODE_DOC,
+}
 
 
 def _set_refresh_cookie(response: Response, issued: login_sessions.Issued, now: float) -> None:
@@ -358,15 +374,7 @@ def _tokens_response(
         **error_responses(400, 401, 413, 429, 503),
     },
     openapi_extra={
-        "parameters": [
-            {
-                "name": "refresh",
-                "in": "query",
-                "required": False,
-                "schema": {"type": "string", "enum": ["body", "cookie"], "default": "body"},
-                "description": _REFRESH_MODE_DOC,
-            }
-        ],
+        "parameters": [_REFRESH_PARAMETER],
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": Credentials.model_json_schema()}},
@@ -375,10 +383,6 @@ def _tokens_response(
 )
 async def login(request: Request, runtime: RuntimeDep, session: SessionDep) -> Response:
     mode = _refresh_mode(request)
-    if mode == "cookie":
-        # A cross-site form could otherwise sign the browser into another account (login
-        # CSRF): the cookie it sets would replace the person's own session.
-        _check_csrf(request)
     raw_login, password = await _read_credentials(request)
     s = runtime.settings
     checked = await _check_password(
@@ -788,15 +792,7 @@ async def _read_password_change(request: Request) -> tuple[str, str]:
     responses=error_responses(400, 401, 403, 413, 422, 429, 503),
     openapi_extra={
         **BEARER_REQUIRED,
-        "parameters": [
-            {
-                "name": "refresh",
-                "in": "query",
-                "required": False,
-                "schema": {"type": "string", "enum": ["body", "cookie"], "default": "body"},
-                "description": _REFRESH_MODE_DOC,
-            }
-        ],
+        "parameters": [_REFRESH_PARAMETER],
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": PasswordChange.model_json_schema()}},
@@ -806,8 +802,6 @@ async def _read_password_change(request: Request) -> tuple[str, str]:
 async def change_password(request: Request, runtime: RuntimeDep, session: SessionDep) -> Response:
     identity = await authenticate(request, account_check=True, session_only=True)
     mode = _refresh_mode(request)
-    if mode == "cookie":
-        _check_csrf(request)
     current, new = await _read_password_change(request)
     s = runtime.settings
     check_password_policy(new, identity.login, s.password_min_length)  # 422, not a guess

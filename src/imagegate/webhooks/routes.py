@@ -17,6 +17,7 @@ from imagegate.db.types import utcnow
 from imagegate.deps import CurrentIdentity, RuntimeDep, SessionDep
 from imagegate.errors import Conflict, NotFound, Unauthorized, Unprocessable, error_responses
 from imagegate.events.envelope import ALL_TYPES
+from imagegate.routing import is_uuid
 from imagegate.webhooks import deliveries, signing, ssrf
 from imagegate.webhooks.delivery import MAX_URL_LENGTH, InvalidURL, parse_url
 
@@ -182,13 +183,6 @@ async def list_webhooks(identity: CurrentIdentity, session: SessionDep) -> Webho
     return WebhookList(items=[_out(w) for w in webhooks])
 
 
-def _is_id(value: str) -> bool:
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False
-
-
 @router.delete(
     "/v1/webhooks/{webhook_id}",
     status_code=204,
@@ -199,7 +193,7 @@ def _is_id(value: str) -> bool:
 async def delete_webhook(
     webhook_id: str, identity: CurrentIdentity, session: SessionDep
 ) -> Response:
-    if not _is_id(webhook_id) or not await deliveries.delete_webhook(
+    if not is_uuid(webhook_id) or not await deliveries.delete_webhook(
         session, identity.user_id, webhook_id
     ):
         raise NotFound("no such webhook")
@@ -220,7 +214,7 @@ async def list_deliveries(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> DeliveryPage:
-    if not _is_id(webhook_id) or not await deliveries.user_webhook(
+    if not is_uuid(webhook_id) or not await deliveries.user_webhook(
         session, identity.user_id, webhook_id
     ):
         raise NotFound("no such webhook")
