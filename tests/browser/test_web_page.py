@@ -348,3 +348,36 @@ def test_refusals_are_shown_as_the_api_words_them(
         v.step("throttled")
     finally:
         server.stop()
+
+
+def test_password_change_and_signing_out_everywhere(
+    server: ServerProcess, visit: Callable[..., Visit]
+) -> None:
+    with httpx.Client(base_url=server.base_url, timeout=60) as c:
+        account = register_and_login(c)
+    v = visit(server.base_url)
+    page = v.page
+    sign_in(v, account)
+    page.get_by_role("navigation").get_by_role("link", name="Account").click()
+    password = page.get_by_role("region", name="Password")
+    password.get_by_label("Current password").fill("not my password")
+    password.get_by_label("New password").fill("a much better passphrase 42")
+    password.get_by_role("button", name="Change password").click()
+    expect(password.get_by_role("alert")).to_contain_text("wrong password")
+    expect(page.get_by_role("heading", name="Account")).to_be_visible()  # still signed in
+    password.get_by_label("Current password").fill(account.password)
+    password.get_by_role("button", name="Change password").click()
+    expect(page.locator("#status")).to_contain_text("Password changed")
+    v.step("password changed")
+    # The session goes on after a reload (the new refresh cookie); the old password is dead.
+    page.reload()
+    expect(page.get_by_role("heading", name="Account")).to_be_visible()
+    with httpx.Client(base_url=server.base_url, timeout=60) as c:
+        old = c.post("/v1/token", json={"login": account.login, "password": account.password})
+        assert old.status_code == 401
+    page.get_by_role("navigation").get_by_role("link", name="Account").click()
+    page.get_by_role("button", name="Sign out everywhere").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    page.reload()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    v.step("signed out everywhere")
