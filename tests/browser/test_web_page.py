@@ -103,6 +103,10 @@ def journey(
     # Open one; copy its URL; it is served publicly.
     tiles.first.click()
     expect(page.get_by_role("heading", name="Image")).to_be_visible()
+    page.wait_for_function(  # the picture itself, at screen size
+        "() => { const i = document.querySelector('img.full');"
+        " return i && i.complete && i.naturalWidth > 0; }"
+    )
     page.get_by_role("button", name="Copy URL").click()
     url = page.evaluate("navigator.clipboard.readText()")
     assert url.startswith(base_url + "/images/")

@@ -50,8 +50,11 @@ export function date(iso) {
 
 // "Try again in 12 s" for a throttled request, the API's message otherwise.
 export function explain(error) {
-  if (error.retryAfter) return `${error.message} — try again in ${error.retryAfter} s`;
-  return error.message;
+  if (!error.retryAfter) return error.message;
+  const wait = `try again in ${error.retryAfter} s`;
+  return error.message.includes("try again later")
+    ? error.message.replace("try again later", wait)
+    : `${error.message} — ${wait}`;
 }
 
 export function field(label, input, hint = null) {
