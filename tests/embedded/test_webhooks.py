@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -172,7 +173,10 @@ def deliveries(c: httpx.Client, account: Account, webhook_id: str) -> list[dict[
 
 
 def upload(c: httpx.Client, account: Account, seed: int = 0) -> str:
-    r = c.post("/v1/upload", content=images.jpeg(48, 32, seed=seed), headers=account.auth)
+    # A random tail after the picture: every upload is new (the same bytes again would be the
+    # first image, with no event).
+    data = images.jpeg(48, 32, seed=seed) + os.urandom(16)
+    r = c.post("/v1/upload", content=data, headers=account.auth)
     assert r.status_code == 201, r.text
     return str(r.json()["filename"])
 
