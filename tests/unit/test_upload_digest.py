@@ -5,6 +5,8 @@ migration 0011 leaving older images out of it."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,6 +14,7 @@ from typing import Any
 
 import pytest
 from alembic import command
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 
 from imagegate.db import queries
@@ -19,7 +22,7 @@ from imagegate.db.engine import create_engine, create_sessionmaker
 from imagegate.db.migrate import alembic_config, upgrade
 from imagegate.db.models import Image, OutboxEvent, User
 from imagegate.errors import Unauthorized
-from imagegate.uploader.pipeline import _record
+from imagegate.uploader.pipeline import RecordUnknown, _record
 
 CREATED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 DIGEST = "ab" * 32
@@ -120,3 +123,68 @@ def test_migration_0011_leaves_older_images_without_a_digest(tmp_path: Path) -> 
     with sqlite3.connect(tmp_path / "db.sqlite") as db:
         columns = {row[1] for row in db.execute("PRAGMA table_info(images)")}
     assert "upload_sha256" not in columns
+
+
+def _lossy_sessions(sessions: Any, *, lands: bool, reachable_after: bool) -> Any:
+    """Sessions whose commit fails on the wire (after committing when ``lands``), as a dropped
+    connection or a failover does; after that, the database answers only if ``reachable_after``."""
+    failed = False
+
+    @asynccontextmanager
+    async def factory() -> AsyncIterator[Any]:
+        nonlocal failed
+        if failed and not reachable_after:
+            raise sa_exc.OperationalError("SELECT 1", {}, ConnectionError("connection refused"))
+        async with sessions() as session:
+            real_commit = session.commit
+
+            async def commit() -> None:
+                nonlocal failed
+                if lands:
+                    await real_commit()
+                failed = True
+                raise sa_exc.OperationalError("COMMIT", {}, ConnectionError("connection reset"))
+
+            session.commit = commit
+            yield session
+
+    return factory
+
+
+@pytest.mark.parametrize(
+    ("lands", "reachable_after", "outcome"),
+    [
+        (True, True, "recorded"),  # only the reply was lost: the upload succeeded
+        (False, True, "refused"),  # nothing landed: the bytes are removed as before
+        (True, False, "unknown"),  # cannot tell: 503, the bytes are kept
+        (False, False, "unknown"),
+    ],
+)
+async def test_a_commit_lost_on_the_wire_is_decided_by_asking_the_database(
+    url: str, lands: bool, reachable_after: bool, outcome: str
+) -> None:
+    engine = create_engine(url)
+    sessions = create_sessionmaker(engine)
+    try:
+        async with sessions() as session:
+            session.add(User(id="u1", login="u1", password_hash="x", created_at=CREATED))
+            await session.commit()
+        runtime: Any = SimpleNamespace(
+            sessions=_lossy_sessions(sessions, lands=lands, reachable_after=reachable_after),
+            settings=SimpleNamespace(event_source="/test"),
+        )
+        image = _image("a.png", "u1")
+        if outcome == "recorded":
+            assert await _record(runtime, image) is image
+        elif outcome == "refused":
+            with pytest.raises(sa_exc.OperationalError):
+                await _record(runtime, image)
+        else:
+            with pytest.raises(RecordUnknown) as info:
+                await _record(runtime, image)
+            assert info.value.status == 503
+        async with sessions() as session:
+            names = list(await session.scalars(select(Image.name)))
+        assert names == (["a.png"] if lands else [])
+    finally:
+        await engine.dispose()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import anyio
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import select
 from starlette.requests import Request
 
 from imagegate.db import queries
@@ -99,8 +100,8 @@ async def ingest(runtime: Runtime, request: Request, owner: Identity, visibility
                     await remove_quietly(runtime, image)
                 stored = False
                 return _duplicate(runtime, winner, received.size)
-        except BaseException:
-            if stored and image is not None:
+        except BaseException as exc:
+            if stored and image is not None and not isinstance(exc, RecordUnknown):
                 # Bytes first, record second: on any failure (even cancellation) bytes go too.
                 with anyio.CancelScope(shield=True):
                     await remove_quietly(runtime, image)
@@ -243,6 +244,21 @@ async def _put(runtime: Runtime, image: Image, path: Path) -> None:
         raise Unavailable("image storage is unavailable; try again later") from exc
 
 
+class RecordUnknown(Unavailable):
+    """The commit failed on the wire and the database cannot be asked whether it landed: the
+    bytes stay (a record without bytes would be a lasting broken image and, being the owner's
+    upload of those bytes, the answer to every retry); if no record came, they are an orphan
+    that reconciliation removes after its grace period."""
+
+    def __init__(self) -> None:
+        super().__init__("the database is unavailable; try again later")
+
+
+# A commit's reply can be lost after the database committed (a dropped connection, a failover):
+# these errors say nothing of whether it landed.
+_COMMIT_UNKNOWN = (sa_exc.OperationalError, sa_exc.InterfaceError, ConnectionError, OSError)
+
+
 async def _record(runtime: Runtime, image: Image) -> Image:
     """Commit the record with its ``image.stored`` event; returns it, or the owner's image
     committed meanwhile with the same uploaded bytes (then nothing of ours is recorded).
@@ -270,12 +286,28 @@ async def _record(runtime: Runtime, image: Image) -> Image:
         if winner is not None:
             return winner
         raise Unauthorized("account no longer exists") from exc
-    except sa_exc.OperationalError as exc:
-        if _database_full(exc):
+    except _COMMIT_UNKNOWN as exc:
+        if isinstance(exc, sa_exc.OperationalError) and _database_full(exc):
             log.warning("upload refused: the database's disk is full (%s)", exc.orig)
             raise InsufficientStorage() from exc
-        raise
+        with anyio.CancelScope(shield=True):
+            landed = await _committed(runtime, image.name)
+        if landed is None:
+            log.warning("recording %s failed (%s); its bytes are kept", image.name, exc)
+            raise RecordUnknown() from exc
+        if not landed:
+            raise
+        log.warning("recording %s: the reply was lost (%s), the record is there", image.name, exc)
     return image
+
+
+async def _committed(runtime: Runtime, name: str) -> bool | None:
+    """Whether the image's record is in the database; None when it cannot be asked."""
+    try:
+        async with runtime.sessions() as session:
+            return await session.scalar(select(Image.name).where(Image.name == name)) is not None
+    except _COMMIT_UNKNOWN:
+        return None
 
 
 def image_url(image: Image) -> str:
