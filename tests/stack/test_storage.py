@@ -15,11 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from tests.conftest import Account, register_and_login
 from tests.contract.test_ops import metric, metric_samples
-from tests.stack.conftest import Stack
+from tests.stack.conftest import Stack, stack_module
 from tests.support import images
 
 MIB = 1024 * 1024
@@ -94,6 +95,38 @@ def test_delete_removes_the_object_from_the_bucket(stack: Stack) -> None:
             assert c.delete(f"/v1/images/{name}", headers=account.auth).status_code == 204
         assert stack.object_keys() == keys - {f"public/{public}", f"private/{private_name}"}
         assert variants() == set()  # answered after they are gone, not eventually
+
+
+def test_made_private_an_image_takes_even_unrecorded_variants_off_the_public_side(
+    stack: Stack,
+) -> None:
+    """A maker that died between storing a variant and recording it left an object on the
+    public side: made private, the image takes it away too, not only its recorded variants."""
+    with stack.client() as c:
+        account = register_and_login(c)
+        name = _upload(c, account, images.jpeg(64, 64, seed=4)).json()["filename"]
+        stem = name.split(".")[0]
+
+        def public_variants() -> set[str]:
+            return {
+                k
+                for k in stack.object_keys(variants=True)
+                if k.startswith(f"public/{stem}.") and k.count(".") == 2
+            }
+
+        _wait_until(lambda: len(public_variants()) == 12, "the image's 12 variants")
+        with psycopg.connect(**{**stack_module().pg_admin(), "dbname": "imagegate"}) as conn:
+            forgotten = conn.execute(
+                "DELETE FROM variants WHERE name = %s RETURNING name", (f"{stem}.medium.webp",)
+            ).fetchall()
+        assert forgotten == [(f"{stem}.medium.webp",)]
+        assert f"public/{stem}.medium.webp" in public_variants()  # an object without a record
+
+        r = c.patch(f"/v1/images/{name}", json={"visibility": "private"}, headers=account.auth)
+        assert r.status_code == 200, r.text
+        assert public_variants() == set()  # answered after they are gone
+        minio, bucket = stack.urls["minio"], stack.urls["bucket"]
+        assert httpx.get(f"{minio}/{bucket}/public/{stem}.medium.webp").status_code in (403, 404)
 
 
 def _restart_uploader(stack: Stack, name: str, env: dict[str, str] | None = None) -> None:

@@ -224,6 +224,7 @@ async def change_image(
         identity.user_id,
         change.visibility == "public",
         source=runtime.settings.event_source,
+        preset_keys=list(runtime.variants.presets),
     )
     if image is None:
         raise NotFound("no such image")

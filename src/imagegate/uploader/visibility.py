@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -29,6 +30,8 @@ from imagegate.events.envelope import EventType
 from imagegate.events.outbox import emit
 from imagegate.storage.base import Storage
 from imagegate.variants import records
+from imagegate.variants.presets import variant_formats
+from imagegate.variants.records import object_name
 
 log = logging.getLogger("imagegate.uploader")
 
@@ -41,9 +44,12 @@ async def change_visibility(
     public: bool,
     *,
     source: str,
+    preset_keys: Sequence[str] = (),
 ) -> Image | None:
     """Make the owner's image public or private; the image as it is now (None: not theirs or
-    gone). Commits the session."""
+    gone). Commits the session. Made private, the public side also loses the objects the
+    presets ``preset_keys`` would have, recorded or not (one stored by a maker that died
+    before recording it would otherwise stay public until reconciliation)."""
     # The image's lock (SELECT … FOR UPDATE, or SQLite's write lock), as every writer of its
     # objects takes it.
     if not await records.lock_image(session, name):
@@ -66,7 +72,13 @@ async def change_visibility(
         if objects:
             await storage.copy_to(objects, public=public)
             if not public:
-                await storage.delete_many([(n, True) for n in objects])
+                possible = [
+                    object_name(name, key, ext)
+                    for key in preset_keys
+                    for ext in variant_formats(name.rsplit(".", 1)[1])
+                ]
+                unrecorded = [n for n in possible if n not in variants]
+                await storage.delete_many([(n, True) for n in [*objects, *unrecorded]])
         image.visibility = "public" if public else "private"
         await session.execute(
             update(Variant).where(Variant.image_name == name).values(public=public)
