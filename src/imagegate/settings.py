@@ -151,6 +151,14 @@ class Settings(BaseSettings):
         description="A session (a login and its refreshes) ends this long after the login, "
         "however often it is refreshed.",
     )
+    refresh_reuse_grace_seconds: float = Field(
+        10,
+        ge=0,
+        le=60,
+        description="A used refresh token presented again within this many seconds of its "
+        "use gets the next token (two clients of one login refreshing at once, a retry after a "
+        "lost answer); later it ends the session as a stolen token (0: always).",
+    )
     sessions_per_user: int = Field(
         100,
         ge=1,

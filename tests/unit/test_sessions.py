@@ -4,6 +4,7 @@ lifetimes, the per-account cap, revocation events, and the token check of both d
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
@@ -134,6 +135,36 @@ async def test_a_used_token_presented_again_revokes_the_family(
         left = (await s.scalars(select(RefreshToken.session_id))).all()
     assert set(left) == {other_sid}  # the family's tokens are gone; the other session's stay
     await _rotate(maker, other, T0 + 4)  # another session of the account is not touched
+
+
+async def test_a_used_token_again_within_the_grace_period_gets_the_next_token(
+    db: tuple[AsyncEngine, async_sessionmaker[AsyncSession]],
+) -> None:
+    _, maker = db
+    life = dataclasses.replace(LIFE, reuse_grace=10.0)
+    sid, first = await _start(maker)
+
+    async def rotate(token: str, now: float) -> sessions.Issued:
+        async with maker() as s:
+            identity, issued = await sessions.rotate(s, token, life, now, source=SRC)
+            await s.commit()
+        assert identity.session_id == sid
+        return issued
+
+    second = await rotate(first, T0 + 1)
+    # Another client of the same login (or a retry) with the token just used: a sibling.
+    sibling = await rotate(first, T0 + 11)  # 10 s after its use: still within
+    assert sibling.refresh_token != second.refresh_token and sibling.session_id == sid
+    await rotate(second.refresh_token, T0 + 12)  # both go on
+    await rotate(sibling.refresh_token, T0 + 12)
+    assert await _events(maker) == []
+    # Past the grace period the same token is a stolen one: the session ends.
+    with pytest.raises(RefreshRefused, match="reused"):
+        await rotate(first, T0 + 12)
+    assert [e["reason"] for e in await _events(maker)] == ["refresh_token_reused"]
+    async with maker() as s:
+        row = await s.get(LoginSession, sid)
+        assert row is not None and row.revoked_at == T0 + 12
 
 
 async def test_sliding_and_absolute_lifetimes(

@@ -5,7 +5,9 @@ Each login starts a *session*: a family of refresh tokens (RFC 9700). A refresh 
 from its issue (sliding: each refresh issues a new one) and never past the session's absolute
 end (``session_max_days`` after the login). Refreshing *rotates*: the token presented is
 marked used and a new one issued. A used token presented again means two parties hold the
-family (a stolen token, or its owner after a theft): the whole session is revoked.
+family (a stolen token, or its owner after a theft): the whole session is revoked, unless it
+comes within ``refresh_reuse_grace_seconds`` of its use (a race or a retry: it gets the next
+token too).
 
 Access tokens carry their session's id (``sid``). Ending a session (logout, a password change,
 a reused refresh token) sets ``revoked_at`` and emits ``account.sessions_revoked`` in the same
@@ -63,6 +65,8 @@ class Lifetimes:
     access: float  # an access token's lifetime
     # A revoked session is remembered while its access tokens could still be accepted.
     remember_revoked: float
+    # A used token presented again this soon is a race or a retry, not a theft (see rotate).
+    reuse_grace: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Lifetimes:
@@ -72,6 +76,7 @@ class Lifetimes:
             per_user=settings.sessions_per_user,
             access=float(settings.token_ttl_seconds),
             remember_revoked=float(settings.token_ttl_seconds + settings.token_leeway_seconds),
+            reuse_grace=settings.refresh_reuse_grace_seconds,
         )
 
 
@@ -280,19 +285,25 @@ async def rotate(
     session_id, expires, used, user_id, session_end, revoked_at, login = row
     if revoked_at is not None:
         raise RefreshRefused("session ended")
-    if used is not None:
+    # Within the grace period a used token gets the session's next token once more: two
+    # clients sharing one login refreshed at once, or a client retried after losing the
+    # answer. Later, only a thief (or its victim) can be presenting it.
+    grace = used is not None and now - used <= lifetimes.reuse_grace
+    if used is not None and not grace:
         await _reused(session, user_id, session_id, now, source)
     if expires <= now or session_end <= now:
         raise RefreshRefused("expired")
-    # The conditional update is the arbiter: of two requests with one token, one wins.
-    marked = await session.execute(
-        update(RefreshToken)
-        .where(RefreshToken.token_hash == digest, RefreshToken.used.is_(None))
-        .values(used=now)
-    )
-    if getattr(marked, "rowcount", 0) != 1:
-        await session.rollback()
-        await _reused(session, user_id, session_id, now, source)
+    if not grace:
+        # The conditional update is the arbiter: of two requests with one token, one wins;
+        # the other was used just now, so only the grace period lets it through too.
+        marked = await session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.token_hash == digest, RefreshToken.used.is_(None))
+            .values(used=now)
+        )
+        if getattr(marked, "rowcount", 0) != 1 and lifetimes.reuse_grace <= 0:
+            await session.rollback()
+            await _reused(session, user_id, session_id, now, source)
     await session.execute(
         update(LoginSession).where(LoginSession.id == session_id).values(last_used=now)
     )
