@@ -51,7 +51,7 @@ from imagegate.uploader.inspect import Limits
 from imagegate.uploader.pool import VARIANT_NICE, CodecPool
 from imagegate.uploader.process import Quality, init_worker
 from imagegate.variants.presets import DEFAULT_PRESETS, crop_box, output_size, variant_formats
-from imagegate.variants.render import AVIF_SPEED, RESIZE_GAP, VariantJob
+from imagegate.variants.render import AVIF_SPEED, AVIF_STILL, RESIZE_GAP, VariantJob
 from tests.support.images import encode, photo
 from tests.support.server import ServerProcess
 
@@ -102,13 +102,19 @@ def preset_jobs(formats: Sequence[str] = FORMATS) -> list[VariantJob]:
 
 def encoder_options(ext: str, quality: Quality) -> dict[str, Any]:
     """The renderer's encoder settings for a still picture (variants/render.py ``_encode``,
-    its ``AVIF_SPEED``); tests/unit/test_bench_variants.py checks they give its very bytes."""
+    its ``AVIF_SPEED`` and ``AVIF_STILL``); tests/unit/test_bench_variants.py checks they give
+    its very bytes."""
     if ext == "jpg":
         return {"quality": quality.jpeg, "progressive": True, "optimize": True}
     if ext == "webp":
         return {"quality": quality.webp, "method": 4}
     if ext == "avif":
-        return {"quality": quality.avif, "speed": AVIF_SPEED, "max_threads": 1}
+        return {
+            "quality": quality.avif,
+            "speed": AVIF_SPEED,
+            "max_threads": 1,
+            "advanced": AVIF_STILL,
+        }
     raise ValueError(f"no still encoder settings for {ext!r}")
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import simplejpeg
 from PIL import Image, ImageCms, ImageSequence, UnidentifiedImageError
+from PIL import _imaging as pillow_core  # PIL.Image.core: the block allocator's cache
 
 from imagegate.uploader import process
 from imagegate.uploader.formats import (
@@ -45,6 +46,7 @@ from imagegate.variants.presets import Size, crop_box, output_size
 
 __all__ = [
     "AVIF_SPEED",
+    "AVIF_STILL",
     "ImageRejected",
     "Rendered",
     "VariantJob",
@@ -55,6 +57,10 @@ __all__ = [
 # libaom speed: 7 keeps a 320 px thumbnail at ~40 ms CPU on the reference machine (6 takes
 # ~70-100 ms for ~13 % fewer bytes; 8 is ~4x faster again for ~15 % more bytes).
 AVIF_SPEED = 7
+# libaom options (Pillow's ``advanced``) for a still picture. The temporal model (TPL) looks
+# across frames: a still has one, and libaom's all-intra mode makes the very same bytes
+# without it, but allocates its buffers anyway (~5 MiB for a 2048x1536 variant).
+AVIF_STILL = (("enable-tpl-model", "0"),)
 # A JPEG is decoded at a DCT scale (M/8) that keeps DCT_GAP decoded pixels per output pixel (a
 # side) for every job, but no more than half the full size unless a job needs more: 1/8 alone
 # is a plain 8x8 average, which Lanczos cannot undo; past 1/2 the gap costs memory instead.
@@ -121,6 +127,7 @@ def render_variants(
             raise ImageRejected(422, _NO_MEMORY) from None
         return _write(Path(out_dir), token, encoded)
     finally:
+        _give_back_memory()
         process._after_job()
 
 
@@ -251,7 +258,8 @@ def _encoded(
 
 def _stills(holder: list[Image.Image], source: _Source, quality: Quality) -> list[_Encoded]:
     """Each job in turn, smallest first: resized, encoded in its formats, its bitmap freed.
-    The largest comes last, and the decoded picture is freed half-way through its resize."""
+    The largest comes last, and the decoded picture is freed half-way through its resize.
+    Freed memory goes back to the kernel before each job's encoders (see _give_back_memory)."""
     order = sorted(
         range(len(source.plans)), key=lambda i: source.plans[i][1][0] * source.plans[i][1][1]
     )
@@ -259,10 +267,26 @@ def _stills(holder: list[Image.Image], source: _Source, quality: Quality) -> lis
     for n, i in enumerate(order):
         job, out = source.plans[i]
         last = n == len(order) - 1
+        if last:  # the smaller jobs' leftovers go before the largest resize
+            _give_back_memory()
         picture = _variant(holder, source, job.size, out, release=last)
+        # The resize's intermediate bitmaps (and with the last job, the decode) go before the
+        # encoders run: the job's peak is an encoder's working memory on top of what is left.
+        _give_back_memory()
         done[i] = [_encoded(job, ext, [picture], [], None, quality) for ext in job.formats]
         del picture
     return [e for i in range(len(source.plans)) for e in done[i]]
+
+
+def _give_back_memory() -> None:
+    """Freed memory back to the kernel: Pillow's cached blocks (kept for the next bitmap, but
+    resident) and malloc's free heap. Done before each job's encoders (the largest one's AVIF
+    is the call's peak: libaom alone takes ~45 MiB for 2048x1536) and after the call, so an
+    idle variant worker holds none of it. Its next bitmaps fault their pages in afresh: a few
+    ms of a call's seconds of encoding."""
+    pillow_core.clear_cache()
+    if process._libc is not None:  # a real worker (see process.init_worker)
+        process._libc.malloc_trim(0)
 
 
 def _animation(img: Image.Image, source: _Source, fmt: Format) -> tuple[list[_Made], list[int]]:
@@ -352,18 +376,23 @@ def _decode_jpeg(img: Image.Image, data: bytes, want: tuple[int, int]) -> Image.
         data, colorspace=colorspace, min_width=want[0], min_height=want[1], strict=False
     )
     height, width = pixels.shape[:2]
-    # RGBX is Pillow's own layout: the image is a view of the decoded buffer, not a copy.
-    raw_mode = "RGBX" if colorspace == "RGBX" else "L"
-    return Image.frombuffer(img.mode, (width, height), pixels, "raw", raw_mode, 0, 1)
+    # An RGBX (or L) image is a view of the decoded buffer, not a copy: Pillow maps those modes
+    # only. It stays RGBX until each variant is resized (see _variant): made RGB here, it would
+    # be copied whole, with the decode alive (twice the decoded bitmap at once).
+    mode = "RGBX" if colorspace == "RGBX" else "L"
+    return Image.frombuffer(mode, (width, height), pixels, "raw", mode, 0, 1)
 
 
 def _normalized(img: Image.Image, transform: Any, *, animated: bool) -> Image.Image:
     """The picture in a mode Lanczos and the encoders take: L, LA, RGB, RGBA (or CMYK when a
-    profile converts it); animation frames always RGBA, so all frames share one mode."""
+    profile converts it; RGBX, a JPEG decode, until resized); animation frames always RGBA, so
+    all frames share one mode."""
     mode = img.mode
     alpha = img.has_transparency_data
     if animated:
         return img if mode == "RGBA" else img.convert("RGBA")
+    if mode == "RGBX":  # a JPEG decode (see _decode_jpeg)
+        return img
     if mode in ("L", "LA", "RGB", "RGBA") and not (alpha and mode in ("L", "RGB")):
         return img
     if mode == "CMYK" and transform is not None:
@@ -402,9 +431,10 @@ def _variant(
     if release:
         holder.clear()
     if out == picture.size and box == whole:
-        resized = picture if release else picture.copy()
+        # RGBX is copied below anyway (to RGB), so it needs no copy of its own here.
+        resized = picture if release or picture.mode == "RGBX" else picture.copy()
         del picture
-    elif release and picture.mode in ("L", "RGB", "CMYK") and not _reduces(box, out):
+    elif release and picture.mode in ("L", "RGB", "RGBX", "CMYK") and not _reduces(box, out):
         # Pillow's own two passes (horizontal, then vertical), as two calls, so the source is
         # freed before the second: the largest variant never holds three bitmaps at once.
         wide = picture.resize(
@@ -420,6 +450,8 @@ def _variant(
     else:
         resized = picture.resize(out, Image.Resampling.LANCZOS, box=box, reducing_gap=RESIZE_GAP)
         del picture
+    if resized.mode == "RGBX":  # the decode's layout (its fourth byte is unused): now RGB
+        resized = resized.convert("RGB")
     resized = _to_srgb(resized, source.transform)
     # No profile (ImageCms tags what it converts), EXIF or XMP reaches a variant: the PNG and
     # AVIF encoders write whatever the image's info holds.
@@ -515,6 +547,8 @@ def _encode(
         # One libaom thread: the pool already runs one job per core.
         frames = [_colour(f) for f in frames]
         options = {"quality": quality.avif, "speed": AVIF_SPEED, "max_threads": 1}
+        if not animated:
+            options["advanced"] = AVIF_STILL
     elif fmt is PNG:
         options = {"compress_level": 6}
         if animated:
