@@ -76,8 +76,8 @@ def create_app(settings: Settings, roles: tuple[Role, ...] = ALL_ROLES) -> FastA
     app.add_middleware(
         BodyLimit, max_bytes=settings.json_body_max_bytes, exempt=frozenset({UPLOAD_PATH})
     )
-    app.add_middleware(ImageFastPath, runtime=runtime)  # serving.py: small images, no routing
-    app.add_middleware(RequestContext, metrics=runtime.metrics)
+    # Around FastAPI's own layers too: small images (serving.py) answered with nothing else.
+    RequestContext.outermost(app, runtime.metrics, lambda inner: ImageFastPath(inner, runtime))
     return app
 
 

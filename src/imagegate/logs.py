@@ -10,6 +10,13 @@ A record's kind is its ``flood_key`` attribute when it has one (the access log s
 rejections: status, method and route template); otherwise, for warnings and errors, its logger,
 level and message template. Info and debug records without a key always pass: an access line
 of a served request is not a flood symptom, and sampling it would lose the record of traffic.
+
+``install`` also makes the server's log handler cheaper per line, for the access log's sake
+(one line per request): such lines (info and below, without a flood key) are buffered and
+written at most ``FLUSH_SECONDS`` later (or once ``FLUSH_BYTES`` are waiting), in one write;
+anything else is written at once, after the lines waiting before it, so the order holds. The
+time stamp's text is made once a second. A line cost 25-45 µs with a write per line, about as
+much as answering a small image.
 """
 
 from __future__ import annotations
@@ -19,12 +26,15 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import TextIO
 
 BURST = 20
 INTERVAL_SECONDS = 10.0
 SUMMARY_ATTR = "flood_summary"
 KEY_ATTR = "flood_key"
 _MAX_KINDS = 4096  # kinds tracked at once; past it, finished windows are dropped
+FLUSH_SECONDS = 0.1
+FLUSH_BYTES = 64 * 1024
 
 
 @dataclass
@@ -156,10 +166,125 @@ def _first_line(record: logging.LogRecord) -> str:
     return message.splitlines()[0][:300] if message else ""
 
 
+class _SecondsFormatter(logging.Formatter):
+    """``logging.Formatter`` whose default time stamp text is made once per second."""
+
+    _second = -1
+    _text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._text = time.strftime(self.default_time_format, self.converter(record.created))
+            self._second = second
+        if not self.default_msec_format:
+            return self._text
+        return self.default_msec_format % (self._text, record.msecs)
+
+
+class BufferedStreamHandler(logging.StreamHandler[TextIO]):
+    """A stream handler that buffers routine lines (info and below, without a flood key) for
+    at most ``interval`` seconds or ``limit`` bytes, and writes anything else at once (after
+    what is waiting). A daemon thread writes the buffer when the interval is over; ``flush``
+    and ``close`` (logging's shutdown at exit) write it too."""
+
+    def __init__(
+        self, stream: TextIO, interval: float = FLUSH_SECONDS, limit: int = FLUSH_BYTES
+    ) -> None:
+        super().__init__(stream)
+        self.interval = interval
+        self.limit = limit
+        self._lines: list[str] = []
+        self._size = 0
+        self._due = threading.Event()
+        self._flusher: threading.Thread | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+            if record.levelno > logging.INFO or getattr(record, KEY_ATTR, None) is not None:
+                self._write_waiting()
+                self.stream.write(line)
+                self.stream.flush()
+                return
+            self._lines.append(line)
+            self._size += len(line)
+            if self._size >= self.limit:
+                self._write_waiting()
+                self.stream.flush()
+            elif len(self._lines) == 1:
+                self._wake_flusher()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]  # (created by Handler.__init__)
+            self._write_waiting()
+            super().flush()
+
+    def close(self) -> None:
+        self.flush()
+        super().close()
+
+    def _write_waiting(self) -> None:
+        # Called with the handler's lock held.
+        if self._lines:
+            lines, self._lines, self._size = self._lines, [], 0
+            self.stream.write("".join(lines))
+
+    def _wake_flusher(self) -> None:
+        if self._flusher is None:
+            self._flusher = threading.Thread(
+                target=self._flush_loop, name="imagegate-log-flush", daemon=True
+            )
+            self._flusher.start()
+        self._due.set()
+
+    def _flush_loop(self) -> None:
+        while True:
+            self._due.wait()
+            time.sleep(self.interval)
+            self._due.clear()
+            try:
+                self.flush()
+            except Exception:  # the stream is gone (closed at exit): nothing to write to
+                return
+
+
+def _buffered(handler: logging.Handler) -> logging.Handler:
+    """The root's plain stream handler (``logging.basicConfig``'s) made a
+    ``BufferedStreamHandler`` on the same stream, with the same level, filters and format;
+    any other handler as it is."""
+    if type(handler) is not logging.StreamHandler:
+        return handler
+    buffered = BufferedStreamHandler(handler.stream)
+    buffered.setLevel(handler.level)
+    for f in handler.filters:
+        buffered.addFilter(f)
+    formatter = handler.formatter
+    if type(formatter) is logging.Formatter and isinstance(formatter._style, logging.PercentStyle):
+        formatter = _SecondsFormatter(formatter._fmt, formatter.datefmt)
+    buffered.setFormatter(formatter)
+    return buffered
+
+
 def install(handlers: list[logging.Handler] | None = None) -> FloodFilter:
-    """Put one ``FloodFilter`` on these handlers (default: the root logger's)."""
+    """Put one ``FloodFilter`` on these handlers (default: the root logger's, whose plain
+    stream handler is made a ``BufferedStreamHandler`` first)."""
     flood = FloodFilter()
-    for handler in logging.getLogger().handlers if handlers is None else handlers:
+    if handlers is None:
+        root = logging.getLogger()
+        for i, handler in enumerate(root.handlers):
+            replacement = _buffered(handler)
+            if replacement is not handler:
+                root.handlers[i] = replacement
+                handler.close()
+        handlers = root.handlers
+    for handler in handlers:
         if not any(isinstance(f, FloodFilter) for f in handler.filters):
             handler.addFilter(flood)
     return flood

@@ -8,7 +8,9 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -35,14 +37,43 @@ class RequestContext:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._ids: list[str] = []
+
+    def _new_id(self) -> str:
+        """128 random bits in hex, as a uuid4 has: drawn 64 at a time (one ``getrandom`` call
+        instead of one per request)."""
+        if not self._ids:
+            pool = os.urandom(16 * 64).hex()
+            self._ids = [pool[i : i + 32] for i in range(0, len(pool), 32)]
+        return self._ids.pop()
+
+    @classmethod
+    def outermost(
+        cls, app: Starlette, metrics: Metrics, *inner: Callable[[ASGIApp], ASGIApp]
+    ) -> None:
+        """Install ``RequestContext`` (then the ``inner`` middleware, outermost first) around
+        the whole of ``app``'s middleware stack, FastAPI's own layers included (its error
+        page, exception telemetry and body-limit wrappers): ``add_middleware`` puts a
+        middleware inside those, and a small image answered by ``serving.ImageFastPath``
+        paid three coroutine layers and a send wrapper for them (13,000 of 323,000 CPU
+        instructions). An unhandled error's 500 carries the request id too."""
+        build = app.build_middleware_stack
+
+        def build_stack() -> ASGIApp:
+            stack = build()
+            for make in reversed(inner):
+                stack = make(stack)
+            return cls(stack, metrics)
+
+        app.build_middleware_stack = build_stack  # type: ignore[method-assign]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = _header(scope, b"x-request-id").decode("latin-1")
-        # 128 random bits, as a uuid4 has, without building a UUID object per request
-        request_id = incoming if _REQUEST_ID_RE.fullmatch(incoming) else os.urandom(16).hex()
+        request_id = _header(scope, b"x-request-id").decode("latin-1")
+        if not request_id or not _REQUEST_ID_RE.fullmatch(request_id):
+            request_id = self._new_id()
         scope.setdefault("state", {})["request_id"] = request_id
         start = time.perf_counter()
         status = 500
@@ -68,21 +99,22 @@ class RequestContext:
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
             self.metrics.observe_request(template, method, status, elapsed)
-            client = scope.get("client") or ("-", 0)
-            # Errors are what a flood produces (429s of a login flood, 413s, 401s of token
-            # guessing): the log handler's FloodFilter samples them per status and route.
-            extra = {KEY_ATTR: (status, method, template)} if status >= 400 else None
-            access_log.info(
-                '%s "%s %s" %d %d %.1fms rid=%s',
-                client[0],
-                method,
-                scope["path"],
-                status,
-                sent,
-                elapsed * 1000,
-                request_id,
-                extra=extra,
-            )
+            if access_log.isEnabledFor(logging.INFO):
+                client = scope.get("client") or ("-", 0)
+                # Errors are what a flood produces (429s of a login flood, 413s, 401s of token
+                # guessing): the log handler's FloodFilter samples them per status and route.
+                extra = {KEY_ATTR: (status, method, template)} if status >= 400 else None
+                access_log.info(
+                    '%s "%s %s" %d %d %.1fms rid=%s',
+                    client[0],
+                    method,
+                    scope["path"],
+                    status,
+                    sent,
+                    elapsed * 1000,
+                    request_id,
+                    extra=extra,
+                )
 
 
 class BodyLimit:

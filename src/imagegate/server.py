@@ -31,7 +31,15 @@ from typing import Any, ClassVar
 import httptools
 import uvicorn
 from fastapi import FastAPI
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn._types import ASGISendEvent
+from uvicorn.protocols.http import httptools_impl
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 from uvicorn.protocols.utils import get_remote_addr
 
 from imagegate import logs
@@ -67,6 +75,122 @@ class Limits:
             keepalive_requests=settings.http_keepalive_requests,
             max_connections=settings.http_max_connections,
         )
+
+
+class _Batch:
+    """Stands in for the transport while a response's head and first body part are written:
+    both leave in one ``writelines`` (one ``writev``, no copy) when the batch is flushed."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.parts: list[bytes] = []
+        self.close_after = False
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def close(self) -> None:
+        self.close_after = True
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def flush(self) -> None:
+        if self.parts:
+            self.transport.writelines(self.parts)
+        if self.close_after:
+            self.transport.close()
+
+
+class OneWriteCycle(RequestResponseCycle):
+    """uvicorn's request-response cycle writing the status line and headers together with the
+    first body part: one syscall and one TCP segment for a small answer instead of two (uvicorn
+    writes the head as soon as the app sends ``http.response.start``). The head is held until
+    the first ``http.response.body`` message, which every response sends, at once for a small
+    one. An app that fails in between never started its response: uvicorn answers 500.
+
+    A whole response in one body message with its length known (any small answer) is written
+    here (``_write_whole``), as uvicorn would write it but with one pattern search over all
+    header names and one over all values instead of two per header, and no second pass through
+    uvicorn's ``send``; anything else goes through uvicorn's own code."""
+
+    _held: ASGISendEvent | None = None
+
+    async def send(self, message: ASGISendEvent) -> None:
+        if (
+            message["type"] == "http.response.start"
+            and not self.response_started
+            and self._held is None
+            and not self.disconnected
+        ):
+            self._held = message
+            return
+        held, self._held = self._held, None
+        if held is None:
+            await super().send(message)
+            return
+        if self._write_whole(held, message):
+            return
+        transport = self.transport
+        batch = _Batch(transport)
+        self.transport = batch  # type: ignore[assignment]  # only write, close, is_closing
+        try:
+            await super().send(held)
+            await super().send(message)
+        finally:
+            self.transport = transport
+            batch.flush()
+
+    def _write_whole(self, start: ASGISendEvent, message: ASGISendEvent) -> bool:
+        """Write the response (``start`` then the complete body ``message``) and complete the
+        cycle as uvicorn's ``send`` does; False (nothing done) for any case this does not
+        cover: uvicorn's code then writes it, or raises its error."""
+        if (
+            message["type"] != "http.response.body"
+            or message.get("more_body", False)
+            or self.flow.write_paused
+            or self.disconnected
+            or self.access_log
+        ):
+            return False
+        status: int = start["status"]  # type: ignore[typeddict-item]
+        headers = [*self.default_headers, *start.get("headers", ())]  # type: ignore[misc]
+        if HEADER_RE.search(b"".join([n for n, _ in headers])) or HEADER_VALUE_RE.search(
+            b"".join([v for _, v in headers])
+        ):
+            return False  # uvicorn raises its error
+        content = [STATUS_LINE[status]]
+        length = -1
+        for name, value in headers:
+            name = name.lower()
+            if name == b"content-length":
+                if length < 0:
+                    length = int(value.decode())
+            elif name in (b"transfer-encoding", b"connection"):
+                return False
+            content.extend([name, b": ", value, b"\r\n"])
+        body: bytes = message.get("body", b"")
+        head = self.scope["method"] == "HEAD"
+        if length < 0 and not (head or status in (204, 304)):
+            return False  # chunked: uvicorn's
+        if not head and len(body) != max(length, 0):
+            return False  # uvicorn raises its error
+        if not self.keep_alive:
+            content.append(b"connection: close\r\n")
+        content.append(b"\r\n")
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        if head or not body:
+            self.transport.write(b"".join(content))
+        else:
+            self.transport.writelines([b"".join(content), body])
+        self.expected_content_length = 0
+        self.response_complete = True
+        self.message_event.set()
+        if not self.keep_alive:
+            self.transport.close()
+        self.on_response()
+        return True
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
@@ -168,7 +292,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._waiting, self._deadline = _NOTHING, None
         self._reading_headers = False
-        super().on_headers_complete()
+        # uvicorn's method makes the cycle by the name RequestResponseCycle in its module: that
+        # name is OneWriteCycle while it runs (rather than a copy of the method). Setting the
+        # class of the cycle afterwards cost more than the write it saves: CPython 3.11 then
+        # keeps the object's attributes in a dict, and every access to them is slower.
+        httptools_impl.RequestResponseCycle = OneWriteCycle  # type: ignore[misc]
+        try:
+            super().on_headers_complete()
+        finally:
+            httptools_impl.RequestResponseCycle = RequestResponseCycle  # type: ignore[misc]
         self._served += 1
         if self._served >= self.limits.keepalive_requests:
             self.cycle.keep_alive = False  # the answer says Connection: close

@@ -17,22 +17,27 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio.to_thread
 from fastapi import Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from imagegate.db.changes import SqliteChanges, sqlite_changes
 from imagegate.db.queries import image_for_viewer
+from imagegate.db.reads import LoopThreadReader
 from imagegate.deps import authenticate
 from imagegate.errors import AppError
 from imagegate.runtime import Runtime
@@ -347,6 +352,115 @@ async def image_response(
     )
 
 
+# --- records ----------------------------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+class RecordCache:
+    """The records (image or variant) the fast path found, so that a hot image costs no
+    record read: the read was 17 µs of a 60 µs answer. Embedded mode (SQLite file) only.
+
+    This process's writes are seen at once: every write holds a connection of the app's pool
+    while it runs, and an entry counts only while no connection is checked out and none was
+    checked out or in since it was read. A deletion or a visibility change made here is seen
+    by the next request. Another process's writes (the CLI's ``user delete``, an operator's
+    SQL): at most every ``look`` seconds ``PRAGMA data_version`` tells whether any other
+    connection committed, and if so every entry is dropped; and no entry is used after ``ttl``
+    seconds whatever the look says. (A look on every request would cost a third of the read
+    it saves: each SQLite statement takes and drops a read lock, two ``fcntl`` calls.)
+    Records the viewer may not see are not kept: the routes answer those. Used from the
+    loop's thread."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        changes: SqliteChanges,
+        *,
+        ttl: float = 1.0,
+        look: float = 0.1,
+        max_entries: int = 10_000,
+    ) -> None:
+        self.ttl = ttl
+        self.look = look
+        self.max_entries = max_entries
+        self.hits = 0
+        self.misses = 0
+        self._engine = engine.sync_engine
+        self._changes = changes
+        self._looked = -look
+        self._generation = 0
+        self._entries: dict[Hashable, tuple[Any, int, float]] = {}
+        # Pool events on the engine (not its pool): they follow the pool that dispose() makes.
+        event.listen(self._engine, "checkout", self._bump)
+        event.listen(self._engine, "checkin", self._bump)
+
+    def _bump(self, *_: object) -> None:
+        self._generation += 1
+
+    def _current(self, now: float) -> int | None:
+        """The generation a record read now belongs to; None when none may be cached now (a
+        connection is checked out: a write of this process may be under way)."""
+        if self._engine.pool.checkedout():  # type: ignore[attr-defined]  # (QueuePool's)
+            return None
+        if now - self._looked >= self.look:
+            self._looked = now
+            if self._changes.changed():
+                self._generation += 1
+        return self._generation
+
+    async def fetch(self, key: Hashable, read: Callable[[], Awaitable[_T | None]]) -> _T | None:
+        """The record under ``key``, from memory when it may be, else ``read()``'s (kept when
+        not None)."""
+        now = time.monotonic()
+        generation = self._current(now)
+        if generation is not None:
+            entry = self._entries.get(key)
+            if entry is not None and entry[1] == generation and now - entry[2] < self.ttl:
+                self.hits += 1
+                value: _T = entry[0]
+                return value
+        self.misses += 1
+        found = await read()
+        # Kept only if no connection was checked out or in meanwhile (the read may wait).
+        if found is not None and generation is not None and self._current(now) == generation:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[key] = (found, generation, now)
+        return found
+
+
+class _RecordCollector(Collector):
+    def __init__(self, cache: RecordCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "imagegate_serve_record_cache_hits",
+            "Image answers whose record came from memory (embedded mode)",
+            self.cache.hits,
+        )
+        yield CounterMetricFamily(
+            "imagegate_serve_record_cache_misses",
+            "Image answers whose record was read from the database (embedded mode)",
+            self.cache.misses,
+        )
+
+
+def record_cache(runtime: Runtime) -> RecordCache | None:
+    """A record cache for the fast path (shown at /metrics) when the records are in a SQLite
+    file read on the loop's thread; None otherwise."""
+    changes = sqlite_changes(runtime.settings.effective_database_url)
+    pool = runtime.engine.sync_engine.pool
+    if changes is None or not isinstance(runtime.reads, LoopThreadReader):
+        return None
+    if not hasattr(pool, "checkedout"):  # (a pool that cannot tell: no cache)
+        return None
+    cache = RecordCache(runtime.engine, changes)
+    runtime.metrics.registry.register(_RecordCollector(cache))
+    return cache
+
+
 # --- the fast path -------------------------------------------------------------------------
 
 # Requests with these headers go on to the routes: they vet and answer ranges, and a body
@@ -379,6 +493,7 @@ class ImageFastPath:
         self._folder = f"{folder}/"
         self._routes: dict[tuple[str, str], Any] = {}
         self._cache = serve_cache(runtime) if self.enabled else None
+        self._records = record_cache(runtime) if self.enabled else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -426,9 +541,11 @@ class ImageFastPath:
                 owner_id = owner.user_id
             image: Servable | None
             if preset:
-                image = await _variant(runtime, preset, name, b", ".join(accept), owner_id)
+                image = await _variant(
+                    runtime, preset, name, b", ".join(accept), owner_id, self._records
+                )
             else:
-                image = await image_for_viewer(runtime.reads, name, owner_id=owner_id)
+                image = await self._image(name, owner_id)
         except Exception:  # the routes meet the same failure and answer it
             return False
         if image is None:
@@ -462,6 +579,16 @@ class ImageFastPath:
         await send({"type": "http.response.body", "body": body})
         return True
 
+    async def _image(self, name: str, owner_id: str | None) -> Servable | None:
+        """The image if this viewer may see it (``image_for_viewer``, through the cache)."""
+
+        def read() -> Awaitable[Servable | None]:
+            return image_for_viewer(self.runtime.reads, name, owner_id=owner_id)
+
+        if self._records is None:
+            return await read()
+        return await self._records.fetch(("image", name, owner_id), read)
+
     def _route(self, scope: Scope, template: str, method: str) -> Any:
         """The app's route for this path template and method (None: the app has none)."""
         route = self._routes.get((template, method))
@@ -476,15 +603,42 @@ class ImageFastPath:
         return route
 
 
+# ``choose_format``'s answers by (Accept, extension): a browser sends the same Accept on every
+# image request, and parsing it cost 3-5 µs. Bounded: any client may send any Accept.
+_FORMATS: dict[tuple[bytes, str], str] = {}
+_FORMATS_MAX = 1024
+
+
+def _format(accept: bytes, ext: str) -> str:
+    key = (accept, ext)
+    fmt = _FORMATS.get(key)
+    if fmt is None:
+        fmt = choose_format(accept.decode("latin-1"), ext)
+        if len(_FORMATS) >= _FORMATS_MAX:
+            _FORMATS.clear()
+        _FORMATS[key] = fmt
+    return fmt
+
+
 async def _variant(
-    runtime: Runtime, preset: str, name: str, accept: bytes, owner_id: str | None
+    runtime: Runtime,
+    preset: str,
+    name: str,
+    accept: bytes,
+    owner_id: str | None,
+    records: RecordCache | None,
 ) -> Servable | None:
     """The preset's stored variant in the format ``accept`` prefers, if it is made and this
     viewer may see it (the route's rule); None passes the request on to the route."""
     if preset not in runtime.variants.presets:
         return None
-    fmt = choose_format(accept.decode("latin-1"), name.rsplit(".", 1)[1])
-    found = await variant_records.variant(runtime.reads, object_name(name, preset, fmt))
+    fmt = _format(accept, name.rsplit(".", 1)[1])
+    stored = object_name(name, preset, fmt)
+
+    def read() -> Awaitable[variant_records.StoredVariant | None]:
+        return variant_records.variant(runtime.reads, stored)
+
+    found = await (read() if records is None else records.fetch(("variant", stored), read))
     if found is None or not (found.public if owner_id is None else found.owner_id == owner_id):
         return None
     return found

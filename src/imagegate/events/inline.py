@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from imagegate.db.changes import sqlite_changes
 from imagegate.events import outbox
 from imagegate.events.handlers import HandlerContext, Handlers, dispatch
 
@@ -112,6 +113,11 @@ class InlineDispatcher:
         self.lease = (
             PgLease(engine, INLINE_LEASE_KEY) if engine.dialect.name == "postgresql" else None
         )
+        # SQLite: the outbox is read when something was committed, a retry is due, or this
+        # process woke the dispatcher. An idle dispatcher polled it through aiosqlite every
+        # 50 ms: about 1.5 ms of CPU a poll in worker-thread hops, 3 % of a core doing nothing;
+        # a look at ``PRAGMA data_version`` costs a few microseconds on the loop's thread.
+        self.changes = sqlite_changes(str(engine.url))
         self._wakeup = asyncio.Event()
         self._retries: dict[str, _Retry] = {}
         self._task: asyncio.Task[None] | None = None
@@ -131,22 +137,40 @@ class InlineDispatcher:
                 await task
         if self.lease is not None:
             await self.lease.release()
+        if self.changes is not None:
+            self.changes.close()
+
+    def _due(self, woken: bool) -> bool:
+        """Whether to read the outbox now: always without a change detector; with one (SQLite),
+        when woken by this process's commit, a retry is due, or any connection committed since
+        the last look. The look comes before the read, so a commit after it shows at the next."""
+        if self.changes is None:
+            return True
+        changed = self.changes.changed()  # asked every time: the read below sees that version
+        now = time.monotonic()
+        return changed or woken or any(r.at <= now for r in self._retries.values())
 
     async def _run(self) -> None:
         failures = 0
+        again = False  # read at the next turn whatever the look says
         while True:
+            woken, again = again or self._wakeup.is_set(), False
             self._wakeup.clear()
             try:
-                if self.lease is None or await self.lease.held():
+                if not self._due(woken):
+                    await self._maybe_prune()
+                elif self.lease is None or await self.lease.held():
                     handled = await self.run_once()
                     await self._maybe_prune()
                     failures = 0
                     if handled >= self.batch_size:
+                        again = True
                         continue  # more may be waiting
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database is away: keep trying, quietly
                 failures += 1
+                again = True
                 if failures in (1, 10) or failures % 100 == 0:
                     log.warning("events: dispatcher cannot read the outbox (%s)", exc)
                 await asyncio.sleep(min(5.0, self.poll_seconds * 2**failures))
