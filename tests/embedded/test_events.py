@@ -262,8 +262,18 @@ def test_kill_9_in_the_middle_of_a_purge_loses_nothing(tmp_path: Path) -> None:
     try:
         with httpx.Client(base_url=server.base_url, timeout=60) as c:
             account = register_and_login(c)
-            names = sorted(upload(c, account, seed=i) for i in range(6))
-            obstacle = data / "images" / names[3]  # in the second batch (names 2 and 3)
+            for i in range(6):
+                upload(c, account, seed=i)
+
+            def objects() -> list[str]:
+                folder = data / "images"
+                return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+            # Each image's 12 variants (4 presets x 3 formats) are made in the background and
+            # purged with it: waited for, so that the batches are the same in every run.
+            wait_until(lambda: len(objects()) == 6 * 13, "every image's variants")
+            names = objects()
+            obstacle = data / "images" / names[3]  # in the second batch (objects 2 and 3)
             obstacle.unlink()
             obstacle.mkdir()
             (obstacle / "keep").write_bytes(b"")
