@@ -10,6 +10,7 @@ import httpx
 
 from tests.conftest import Account, register_and_login
 from tests.stack.conftest import Stack
+from tests.stack.test_image_cache import _cache_status
 from tests.support import images
 
 AVIF = "image/avif,image/webp,image/apng,image/*,*/*;q=0.8"
@@ -22,18 +23,6 @@ CLIENT_VARIETY: list[dict[str, str]] = [
     {"Origin": "https://a.example"},
     {"Origin": "https://b.example", "Accept-Encoding": "gzip"},
 ]
-
-
-def _cache_status(stack: Stack, request_id: str) -> str:
-    # NGINX writes the line after the last byte has gone out, so the client can get here first.
-    deadline = time.monotonic() + 5
-    while True:
-        for line in (stack.state_dir / "logs" / "access.log").read_text().splitlines()[::-1]:
-            if f"rid={request_id} " in line:
-                return line.rsplit("cache=", 1)[1].strip()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no access-log line for {request_id}")
-        time.sleep(0.05)
 
 
 def _upload(c: httpx.Client, account: Account, seed: int, visibility: str = "public") -> str:
