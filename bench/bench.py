@@ -558,9 +558,11 @@ def measure_target(
     uploader_pids: list[int],
     ceilings: dict[str, float],
     framework: str | None = None,
+    direct: str | None = None,
 ) -> dict[str, str]:
     """The user-facing scenarios against one target; returns names of stored images. With
-    ``framework`` (the bare endpoint's URL), GET /v1/user is measured against it in turns."""
+    ``framework`` (the bare endpoint's URL), GET /v1/user is measured against it in turns; with
+    ``direct`` (the storage's URL of public objects), the downloads against it in turns."""
     with httpx.Client(base_url=api, timeout=60) as c:
         token = login(c)
         auth = {"Authorization": f"Bearer {token}"}
@@ -618,26 +620,31 @@ def measure_target(
             in_flight = CORES  # one upload per codec worker at a time
             b.add(scenario, target, "RSS/bitmap", (peak[0] - idle) / in_flight / bitmap, load=load)
 
+    def download(
+        url: str, conns: int, headers: dict[str, str] | None = None
+    ) -> Callable[[int], Load]:
+        return lambda s: b.wrk(url, headers=headers, connections=conns, duration=s)
+
     for size in ("100kb", "5mb"):
         conns = 32 if size == "100kb" else 8
-        load = b.wrk(f"{api}/images/{stored[size]}", connections=conns)
-        b.add(
-            f"public download {size}",
-            target,
-            "MiB/s",
-            load.rps * len(IMAGES[size]) / 2**20,
-            ceilings[f"direct-{size}"],
-            load=load,
-        )
-        load = b.wrk(f"{api}/v1/user/{stored['own-' + size]}", headers=auth, connections=conns)
-        b.add(
-            f"owner download {size}",
-            target,
-            "MiB/s",
-            load.rps * len(IMAGES[size]) / 2**20,
-            ceilings[f"direct-{size}"],
-            load=load,
-        )
+        public = download(f"{api}/images/{stored[size]}", conns)
+        owner = download(f"{api}/v1/user/{stored['own-' + size]}", conns, auth)
+        if direct is None:
+            loads = [public(b.duration), owner(b.duration)]
+            ceiling = ceilings[f"direct-{size}"]
+        else:  # the same bytes straight from storage, in turns with each download
+            base, *loads = b.alternating(download(f"{direct}/{stored[size]}", conns), public, owner)
+            ceiling = base.rps * len(IMAGES[size]) / 2**20
+            b.add(f"MinIO direct GET {size}, alternating", "baseline", "MiB/s", ceiling, load=base)
+        for kind, load in zip(("public", "owner"), loads, strict=True):
+            b.add(
+                f"{kind} download {size}",
+                target,
+                "MiB/s",
+                load.rps * len(IMAGES[size]) / 2**20,
+                ceiling,
+                load=load,
+            )
     return stored
 
 
@@ -1100,6 +1107,7 @@ def run_with_stack(b: Bench, stack: object, framework: str) -> None:
         security,  # type: ignore[attr-defined]
         uploader_pids,
         ceilings,
+        direct=minio,
     )
 
     (b.work / "embedded").mkdir()
