@@ -15,6 +15,7 @@ from imagegate.middleware import BodyLimit, RequestContext
 from imagegate.runtime import build_runtime
 from imagegate.security import apikey_routes
 from imagegate.security import routes as security_routes
+from imagegate.server import ImmediateAnswers
 from imagegate.serving import ImageFastPath
 from imagegate.settings import ALL_ROLES, Role, Settings
 from imagegate.uploader import access as access_routes
@@ -76,8 +77,11 @@ def create_app(settings: Settings, roles: tuple[Role, ...] = ALL_ROLES) -> FastA
     app.add_middleware(
         BodyLimit, max_bytes=settings.json_body_max_bytes, exempt=frozenset({UPLOAD_PATH})
     )
-    # Around FastAPI's own layers too: small images (serving.py) answered with nothing else.
-    RequestContext.outermost(app, runtime.metrics, lambda inner: ImageFastPath(inner, runtime))
+    # Around FastAPI's own layers too: small images (serving.py) answered with nothing else;
+    # the hottest ones by the server before they become requests to the app (server.py).
+    fast_path = ImageFastPath(runtime)
+    context = RequestContext.outermost(app, runtime.metrics, fast_path.wrap)
+    app.state.immediate = ImmediateAnswers(fast_path, context)
     return app
 
 

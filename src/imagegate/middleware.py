@@ -47,33 +47,74 @@ class RequestContext:
             self._ids = [pool[i : i + 32] for i in range(0, len(pool), 32)]
         return self._ids.pop()
 
+    def request_id(self, headers: list[tuple[bytes, bytes]]) -> str:
+        """The request's id: its own ``X-Request-Id`` when sane, else a new one."""
+        for key, value in headers:
+            if key == b"x-request-id":
+                request_id = value.decode("latin-1")
+                if _REQUEST_ID_RE.fullmatch(request_id):
+                    return request_id
+                break
+        return self._new_id()
+
+    def finish(
+        self,
+        client: tuple[str, int] | None,
+        method: str,
+        path: str,
+        template: str,
+        status: int,
+        sent: int,
+        elapsed: float,
+        request_id: str,
+    ) -> None:
+        """A request's metrics and access-log line, once it is answered."""
+        self.metrics.observe_request(template, method, status, elapsed)
+        if access_log.isEnabledFor(logging.INFO):
+            # Errors are what a flood produces (429s of a login flood, 413s, 401s of token
+            # guessing): the log handler's FloodFilter samples them per status and route.
+            extra = {KEY_ATTR: (status, method, template)} if status >= 400 else None
+            access_log.info(
+                '%s "%s %s" %d %d %.1fms rid=%s',
+                (client or ("-", 0))[0],
+                method,
+                path,
+                status,
+                sent,
+                elapsed * 1000,
+                request_id,
+                extra=extra,
+            )
+
     @classmethod
     def outermost(
         cls, app: Starlette, metrics: Metrics, *inner: Callable[[ASGIApp], ASGIApp]
-    ) -> None:
+    ) -> RequestContext:
         """Install ``RequestContext`` (then the ``inner`` middleware, outermost first) around
         the whole of ``app``'s middleware stack, FastAPI's own layers included (its error
         page, exception telemetry and body-limit wrappers): ``add_middleware`` puts a
         middleware inside those, and a small image answered by ``serving.ImageFastPath``
         paid three coroutine layers and a send wrapper for them (13,000 of 323,000 CPU
-        instructions). An unhandled error's 500 carries the request id too."""
+        instructions). An unhandled error's 500 carries the request id too. Returns the
+        instance, whose app is set when Starlette builds the stack (on the first request)."""
+        context = cls(app.router, metrics)
         build = app.build_middleware_stack
 
         def build_stack() -> ASGIApp:
             stack = build()
             for make in reversed(inner):
                 stack = make(stack)
-            return cls(stack, metrics)
+            context.app = stack
+            return context
 
         app.build_middleware_stack = build_stack  # type: ignore[method-assign]
+        return context
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _header(scope, b"x-request-id").decode("latin-1")
-        if not request_id or not _REQUEST_ID_RE.fullmatch(request_id):
-            request_id = self._new_id()
+        request_id = self.request_id(scope["headers"])
         scope.setdefault("state", {})["request_id"] = request_id
         start = time.perf_counter()
         status = 500
@@ -94,27 +135,17 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            elapsed = time.perf_counter() - start
             route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            method = scope["method"]
-            self.metrics.observe_request(template, method, status, elapsed)
-            if access_log.isEnabledFor(logging.INFO):
-                client = scope.get("client") or ("-", 0)
-                # Errors are what a flood produces (429s of a login flood, 413s, 401s of token
-                # guessing): the log handler's FloodFilter samples them per status and route.
-                extra = {KEY_ATTR: (status, method, template)} if status >= 400 else None
-                access_log.info(
-                    '%s "%s %s" %d %d %.1fms rid=%s',
-                    client[0],
-                    method,
-                    scope["path"],
-                    status,
-                    sent,
-                    elapsed * 1000,
-                    request_id,
-                    extra=extra,
-                )
+            self.finish(
+                scope.get("client"),
+                scope["method"],
+                scope["path"],
+                getattr(route, "path", None) or "unmatched",
+                status,
+                sent,
+                time.perf_counter() - start,
+                request_id,
+            )
 
 
 class BodyLimit:

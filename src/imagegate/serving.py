@@ -265,20 +265,26 @@ def _read_whole(path: str | Path) -> _Entry | None:
     return _Entry(key, data, formatdate(after.st_mtime, usegmt=True).encode())
 
 
-async def _small_file(path: str | Path, name: str, cache: ServeCache | None) -> _Entry | None:
-    """A local file up to ``SMALL_FILE_BYTES`` as one piece, from the cache when the file is
-    the one cached; None for a larger (or missing) file, which FileResponse then streams (or
-    reports). The stat runs on the loop's thread, as the record read does: a few microseconds
-    for a file in use, where each worker-thread hop cost more than the whole answer."""
+def _stat_small(path: str | Path, name: str, cache: ServeCache | None) -> FileKey | None:
+    """The file's key when it is a local file up to ``SMALL_FILE_BYTES``; None for a larger
+    (or missing) one. The stat runs on the loop's thread, as the record read does: a few
+    microseconds for a file in use, where each worker-thread hop cost more than the answer."""
     try:
         st = os.stat(path)
     except OSError:
         if cache is not None:
             cache.discard(name)
         return None
-    if st.st_size > SMALL_FILE_BYTES:
+    return None if st.st_size > SMALL_FILE_BYTES else _file_key(st)
+
+
+async def _small_file(path: str | Path, name: str, cache: ServeCache | None) -> _Entry | None:
+    """A local file up to ``SMALL_FILE_BYTES`` as one piece, from the cache when the file is
+    the one cached; None for a larger (or missing) file, which FileResponse then streams (or
+    reports)."""
+    key = _stat_small(path, name, cache)
+    if key is None:
         return None
-    key = _file_key(st)
     if cache is not None:
         entry = cache.get(name, key)
         if entry is not None:
@@ -409,17 +415,28 @@ class RecordCache:
                 self._generation += 1
         return self._generation
 
+    def _hit(self, key: Hashable, generation: int | None, now: float) -> Any:
+        if generation is not None:
+            entry = self._entries.get(key)
+            if entry is not None and entry[1] == generation and now - entry[2] < self.ttl:
+                self.hits += 1
+                return entry[0]
+        return None
+
+    def peek(self, key: Hashable) -> Any:
+        """The record under ``key`` when it may be used from memory now, else None (nothing
+        is read)."""
+        now = time.monotonic()
+        return self._hit(key, self._current(now), now)
+
     async def fetch(self, key: Hashable, read: Callable[[], Awaitable[_T | None]]) -> _T | None:
         """The record under ``key``, from memory when it may be, else ``read()``'s (kept when
         not None)."""
         now = time.monotonic()
         generation = self._current(now)
-        if generation is not None:
-            entry = self._entries.get(key)
-            if entry is not None and entry[1] == generation and now - entry[2] < self.ttl:
-                self.hits += 1
-                value: _T = entry[0]
-                return value
+        value: _T | None = self._hit(key, generation, now)
+        if value is not None:
+            return value
         self.misses += 1
         found = await read()
         # Kept only if no connection was checked out or in meanwhile (the read may wait).
@@ -471,6 +488,67 @@ _PRIVATE_CACHE = PRIVATE_CACHE.encode()
 _CSP = CSP.encode()
 
 
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """What an image request asks, read from its path and headers."""
+
+    public_route: bool
+    preset: str  # "" for the original
+    name: str
+    template: str  # the route's path template
+    if_none_match: bytes
+    accept: bytes
+
+
+def _ask(path: str, query: bytes, headers: list[tuple[bytes, bytes]]) -> _Ask | None:
+    """The image (``/images/{name}``, ``/v1/user/{name}``) or preset variant
+    (``.../{preset}/{name}``, no query: custom sizes and their checks are the routes') a
+    request asks for; None when it is not one of those, or has a Range or a body."""
+    if path.startswith("/images/"):
+        prefix, public_route = "/images/", True
+    elif path.startswith("/v1/user/"):
+        prefix, public_route = "/v1/user/", False
+    else:
+        return None
+    preset, _, name = path[len(prefix) :].rpartition("/")
+    if not is_image_name(name) or "/" in preset or (preset and query):
+        return None
+    if_none_match = b""
+    accept: list[bytes] = []
+    for key, value in headers:
+        if key in _PASS_ON:
+            return None
+        if key == b"if-none-match" and not if_none_match:
+            if_none_match = value
+        elif key == b"accept":
+            accept.append(value)
+    template = prefix + ("{preset}/{filename}" if preset else "{filename}")
+    return _Ask(public_route, preset, name, template, if_none_match, b", ".join(accept))
+
+
+def _common_headers(ask: _Ask, etag: bytes) -> list[tuple[bytes, bytes]]:
+    """The headers of a 200 or 304 image answer (``image_response``'s)."""
+    common = [
+        (b"etag", etag),
+        (b"cache-control", _PUBLIC_CACHE if ask.public_route else _PRIVATE_CACHE),
+        (b"x-content-type-options", b"nosniff"),
+        (b"content-security-policy", _CSP),
+    ]
+    if ask.preset:
+        common.append((b"vary", b"Accept"))
+    return common
+
+
+def _ok_headers(ask: _Ask, image: Servable, entry: _Entry) -> list[tuple[bytes, bytes]]:
+    return [
+        *_common_headers(ask, f'"{image.sha256}"'.encode()),
+        (b"content-type", image.content_type.encode("latin-1")),
+        (b"accept-ranges", b"bytes"),
+        (b"content-length", b"%d" % len(entry.data)),
+        (b"last-modified", entry.last_modified),
+    ]
+
+
 class ImageFastPath:
     """ASGI middleware: a GET or HEAD of an image (``/images/{name}``, ``/v1/user/{name}``)
     that the viewer may see, without Range, of a local file up to ``SMALL_FILE_BYTES``, is
@@ -482,10 +560,11 @@ class ImageFastPath:
     route and 25 µs here (35 µs for the owner route, which checks the token too).
 
     It sits inside ``RequestContext``, which still gives the answer its request id, access
-    log line and metrics (labelled with the route the request would have matched)."""
+    log line and metrics (labelled with the route the request would have matched).
+    ``answer_now`` answers the hottest case before any of that (see server.py)."""
 
-    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
-        self.app = app
+    def __init__(self, runtime: Runtime) -> None:
+        self.app: ASGIApp | None = None  # the app it passes requests on to (``wrap``)
         self.runtime = runtime
         folder = runtime.storage.local_path("")  # (the folder itself: Path("f") / "" is "f")
         self.enabled = "uploader" in runtime.roles and folder is not None
@@ -494,8 +573,17 @@ class ImageFastPath:
         self._routes: dict[tuple[str, str], Any] = {}
         self._cache = serve_cache(runtime) if self.enabled else None
         self._records = record_cache(runtime) if self.enabled else None
+        self.answered_now = 0  # by ``answer_now``, shown at /metrics
+        if self._cache is not None and self._records is not None:
+            runtime.metrics.registry.register(_AnsweredNow(self))
+
+    def wrap(self, app: ASGIApp) -> ImageFastPath:
+        """This middleware around ``app`` (for ``RequestContext.outermost``)."""
+        self.app = app
+        return self
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self.app is not None, "ImageFastPath.wrap() first"
         if (
             self.enabled
             and scope["type"] == "http"
@@ -506,75 +594,86 @@ class ImageFastPath:
             return
         await self.app(scope, receive, send)
 
+    def answer_now(
+        self, path: str, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[list[tuple[bytes, bytes]], bytes, str] | None:
+        """A public GET (no query, no If-None-Match) answered from memory alone, or None:
+        the record and the file's bytes must both be cached, and the file unchanged (one
+        ``stat``); then the answer's headers, its body and the route's template. Nothing
+        here waits: it runs in the connection's parser callback, before a request becomes
+        an ASGI task. Anything else, a first request included (which fills the caches),
+        goes through ``__call__``."""
+        records, cache = self._records, self._cache
+        if records is None or cache is None or not path.startswith("/images/"):
+            return None
+        ask = _ask(path, b"", headers)
+        if ask is None or ask.if_none_match:
+            return None
+        image: Servable | None
+        if ask.preset:
+            stored = _variant_name(self.runtime, ask.preset, ask.name, ask.accept)
+            image = None if stored is None else records.peek(("variant", stored))
+            if image is not None and not image.public:
+                return None
+        else:
+            image = records.peek(("image", ask.name, None))
+        if image is None:
+            return None
+        key = _stat_small(self._folder + image.name, image.name, cache)
+        entry = None if key is None else cache.get(image.name, key)
+        if entry is None:
+            return None
+        self.answered_now += 1
+        return _ok_headers(ask, image, entry), entry.data, ask.template
+
     async def _answer(self, scope: Scope, send: Send) -> bool:
         """True when the request was answered here; False (nothing sent) to pass it on."""
-        path: str = scope["path"]
-        if path.startswith("/images/"):
-            prefix, public_route = "/images/", True
-        elif path.startswith("/v1/user/"):
-            prefix, public_route = "/v1/user/", False
-        else:
+        ask = _ask(scope["path"], scope.get("query_string", b""), scope["headers"])
+        if ask is None:
             return False
-        # An image ("{name}") or a preset's variant ("{preset}/{name}", no query: custom sizes
-        # and their checks are the routes').
-        preset, _, name = path[len(prefix) :].rpartition("/")
-        if not is_image_name(name) or "/" in preset or (preset and scope.get("query_string")):
-            return False
-        if_none_match = b""
-        accept: list[bytes] = []
-        for key, value in scope["headers"]:
-            if key in _PASS_ON:
-                return False
-            if key == b"if-none-match" and not if_none_match:
-                if_none_match = value
-            elif key == b"accept":
-                accept.append(value)
-        template = prefix + ("{preset}/{filename}" if preset else "{filename}")
-        route = self._route(scope, template, scope["method"])
+        route = self._route(scope, ask.template, scope["method"])
         if route is None:
             return False
         runtime = self.runtime
         try:
             owner_id = None
-            if not public_route:
+            if not ask.public_route:
                 owner = await authenticate(Request(scope), account_check=True, scope=READ)
                 owner_id = owner.user_id
             image: Servable | None
-            if preset:
+            if ask.preset:
                 image = await _variant(
-                    runtime, preset, name, b", ".join(accept), owner_id, self._records
+                    runtime, ask.preset, ask.name, ask.accept, owner_id, self._records
                 )
             else:
-                image = await self._image(name, owner_id)
+                image = await self._image(ask.name, owner_id)
         except Exception:  # the routes meet the same failure and answer it
             return False
         if image is None:
             return False
         etag = f'"{image.sha256}"'
-        common = [
-            (b"etag", etag.encode()),
-            (b"cache-control", _PUBLIC_CACHE if public_route else _PRIVATE_CACHE),
-            (b"x-content-type-options", b"nosniff"),
-            (b"content-security-policy", _CSP),
-        ]
-        if preset:
-            common.append((b"vary", b"Accept"))
-        if if_none_match and _etag_matches(if_none_match.decode("latin-1"), etag):
+        if ask.if_none_match and _etag_matches(ask.if_none_match.decode("latin-1"), etag):
             scope["route"] = route  # for RequestContext's metrics and log
-            await send({"type": "http.response.start", "status": 304, "headers": common})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 304,
+                    "headers": _common_headers(ask, etag.encode()),
+                }
+            )
             await send({"type": "http.response.body", "body": b""})
             return True
         entry = await _small_file(self._folder + image.name, image.name, self._cache)
         if entry is None:
             return False
-        common += [
-            (b"content-type", image.content_type.encode("latin-1")),
-            (b"accept-ranges", b"bytes"),
-            (b"content-length", b"%d" % len(entry.data)),
-            (b"last-modified", entry.last_modified),
-        ]
         scope["route"] = route
-        await send({"type": "http.response.start", "status": 200, "headers": common})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": _ok_headers(ask, image, entry),
+            }
+        )
         body = b"" if scope["method"] == "HEAD" else entry.data
         await send({"type": "http.response.body", "body": body})
         return True
@@ -603,6 +702,18 @@ class ImageFastPath:
         return route
 
 
+class _AnsweredNow(Collector):
+    def __init__(self, fast_path: ImageFastPath) -> None:
+        self.fast_path = fast_path
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "imagegate_immediate_answers",
+            "Cached public images the HTTP server answered before the app (server.py)",
+            self.fast_path.answered_now,
+        )
+
+
 # ``choose_format``'s answers by (Accept, extension): a browser sends the same Accept on every
 # image request, and parsing it cost 3-5 µs. Bounded: any client may send any Accept.
 _FORMATS: dict[tuple[bytes, str], str] = {}
@@ -620,6 +731,14 @@ def _format(accept: bytes, ext: str) -> str:
     return fmt
 
 
+def _variant_name(runtime: Runtime, preset: str, name: str, accept: bytes) -> str | None:
+    """The stored name of the preset's variant in the format ``accept`` prefers (None: no
+    such preset)."""
+    if preset not in runtime.variants.presets:
+        return None
+    return object_name(name, preset, _format(accept, name.rsplit(".", 1)[1]))
+
+
 async def _variant(
     runtime: Runtime,
     preset: str,
@@ -630,10 +749,9 @@ async def _variant(
 ) -> Servable | None:
     """The preset's stored variant in the format ``accept`` prefers, if it is made and this
     viewer may see it (the route's rule); None passes the request on to the route."""
-    if preset not in runtime.variants.presets:
+    stored = _variant_name(runtime, preset, name, accept)
+    if stored is None:
         return None
-    fmt = _format(accept, name.rsplit(".", 1)[1])
-    stored = object_name(name, preset, fmt)
 
     def read() -> Awaitable[variant_records.StoredVariant | None]:
         return variant_records.variant(runtime.reads, stored)

@@ -261,14 +261,15 @@ def process_image(
 
     With a ``budget``, the work after the container walk runs under a CPU-time alarm sized
     from the image's pixels (all frames)."""
-    data = Path(src).read_bytes()
-    fmt = sniff(data[:64])
-    if fmt is None:
-        raise ImageRejected(415, f"file is not an image of an accepted type ({ALLOWED_NAMES})")
     # The container walk runs under the smallest budget (a file of a million tiny chunks is
     # slow to walk too), the rest under the budget its pixels earn.
     seconds = budget.min_seconds if budget is not None else 0.0
     try:
+        # Under a tight memory ceiling even the file's bytes may not fit: the same 422.
+        data = Path(src).read_bytes()
+        fmt = sniff(data[:64])
+        if fmt is None:
+            raise ImageRejected(415, f"file is not an image of an accepted type ({ALLOWED_NAMES})")
         with _Timer(seconds):
             layout = inspect(data, fmt, limits)
         if budget is not None:
