@@ -164,3 +164,26 @@ def test_a_worker_over_its_memory_mark_is_replaced(tmp_path: Path) -> None:
 
     assert len(set(asyncio.run(pids(recycle_mib=1)))) == 3  # every job leaves it over 1 MiB
     assert len(set(asyncio.run(pids(recycle_mib=100_000)))) == 1
+
+
+_PRIORITY_SCRIPT = """
+import os, sys
+from imagegate.uploader.process import Limits, init_worker
+init_worker(Limits(50_000_000, 10_000, 900), 0, nice=int(sys.argv[1]))
+print(os.sched_getscheduler(0) == os.SCHED_IDLE, os.nice(0))
+"""
+
+
+@pytest.mark.parametrize(("nice", "expected"), [(19, "True 19"), (0, "False 0")])
+def test_variant_workers_run_in_the_idle_class(nice: int, expected: str) -> None:
+    """A worker started with a nice value (the variant workers) is in Linux's idle scheduling
+    class too, so an upload's process that wakes up takes the core at once; upload workers
+    (nice 0) stay in the normal class."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _PRIORITY_SCRIPT, str(nice)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert done.stdout.strip() == expected, done.stdout + done.stderr

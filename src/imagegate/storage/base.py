@@ -23,6 +23,10 @@ class Storage(Protocol):
     async def put(self, name: str, source: Path, *, public: bool, content_type: str) -> None:
         """Store the finished file at ``source`` under ``name``; durable when this returns."""
 
+    async def put_many(self, files: Sequence[tuple[str, Path, str]], *, public: bool) -> None:
+        """``put`` for each ``(name, source, content_type)``, all durable when this returns;
+        if it raises, any of them may be stored."""
+
     async def delete(self, name: str, *, public: bool) -> None:
         """Remove ``name``; removing a missing object is not an error."""
 

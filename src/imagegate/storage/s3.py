@@ -110,6 +110,10 @@ class S3Storage:
 
         await self._call(put_file)
 
+    async def put_many(self, files: Sequence[tuple[str, Path, str]], *, public: bool) -> None:
+        for name, source, content_type in files:
+            await self.put(name, source, public=public, content_type=content_type)
+
     async def delete(self, name: str, *, public: bool) -> None:
         await self._call(self.client.delete_object, Bucket=self.bucket, Key=key_of(name, public))
 

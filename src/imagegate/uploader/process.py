@@ -7,6 +7,7 @@ data dir's tmp folder, so only small results cross the process boundary.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import hashlib
@@ -377,6 +378,11 @@ def init_worker(
     global _libc, _recycle_bytes, _trim_bytes, _memory_limited
     if nice:
         os.nice(nice)
+        # Linux: the idle class as well. A nice-19 worker still ran until the scheduler's next
+        # tick when an upload's process woke up; an idle-class one is preempted at once, so
+        # background variants no longer stretch the uploads' handoffs.
+        with contextlib.suppress(AttributeError, OSError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     Image.init()
     Image.MAX_IMAGE_PIXELS = limits.max_pixels
     # Without a cache every bitmap is fresh memory from the kernel: a 12 MP image costs ~12,000

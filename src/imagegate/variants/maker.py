@@ -244,7 +244,10 @@ class VariantMaker:
             try:
                 source = await self._original(image, folder)
                 pixels = image.width * image.height * max(1, image.frames)
-                rendered = await pool.render_variants(source, folder, jobs, pixels)
+                # A local storage moves the files into place under the maker's lock: their data
+                # goes to disk in the worker first.
+                durable = self._storage.local_path(image.name) is not None
+                rendered = await pool.render_variants(source, folder, jobs, pixels, durable=durable)
             except Exception:
                 # The image deleted while we read it: its bytes vanish under the reader (a
                 # storage error, or a worker's 422 for a cut-off file). That is "gone", not a
@@ -286,17 +289,13 @@ class VariantMaker:
                 rows[row["name"]] = (r, row)
             found = await records.recorded(session, list(rows))
             new = [row for name, (_, row) in rows.items() if name not in found]
-            stored: list[tuple[str, bool]] = []
+            files = [
+                (name, Path(r.path), r.content_type)
+                for name, (r, _) in rows.items()
+                if name not in found
+            ]
             try:
-                for row in new:
-                    r = rows[row["name"]][0]
-                    await self._storage.put(
-                        row["name"],
-                        Path(r.path),
-                        public=current.public,
-                        content_type=r.content_type,
-                    )
-                    stored.append((row["name"], current.public))
+                await self._storage.put_many(files, public=current.public)
                 await records.insert(session, new)
                 evicted: list[tuple[str, bool]] = []
                 if custom and new:
@@ -305,6 +304,8 @@ class VariantMaker:
             except BaseException:
                 # Not recorded: remove what was stored now, rather than leave objects the
                 # gateway would serve (a public variant) that no visibility change would move.
+                # (Any of them may be stored; none is recorded, so none is another maker's.)
+                stored = [(name, current.public) for name, _, _ in files]
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._storage.delete_many(stored))
                 raise
