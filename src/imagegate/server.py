@@ -351,7 +351,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return False
         start = time.perf_counter()
         path = url.path.decode("ascii")
-        found = immediate.fast_path.answer_now(path, self.headers)
+        try:
+            found = immediate.fast_path.answer_now(path, self.headers)
+        except Exception:  # any doubt is the app's to answer (and to log)
+            return False
         if found is None:
             return False
         headers, body, template = found
