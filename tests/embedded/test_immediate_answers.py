@@ -37,12 +37,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     server.stop()
 
 
-@pytest.fixture
-def c(server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.base_url, timeout=60) as client:
-        yield client
-
-
 def _counts(c: httpx.Client, route: str) -> tuple[float, float]:
     """From one scrape of /metrics: answers the server gave itself, and GET 200s counted
     under ``route`` (0 before the first)."""

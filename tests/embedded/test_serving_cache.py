@@ -67,12 +67,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     server.stop()
 
 
-@pytest.fixture
-def c(server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.base_url, timeout=60) as client:
-        yield client
-
-
 def test_a_deleted_image_is_404_at_once(c: httpx.Client) -> None:
     account = register_and_login(c)
     image = upload(c, account, noise_png(40, 1))

@@ -114,12 +114,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     server.stop()
 
 
-@pytest.fixture
-def c(server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.base_url, timeout=60) as client:
-        yield client
-
-
 def test_an_image_made_private_leaves_the_public_route_at_once_and_comes_back(
     c: httpx.Client,
 ) -> None:
