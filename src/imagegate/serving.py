@@ -178,10 +178,13 @@ class ServeCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, name: str, key: FileKey) -> _Entry | None:
+    def get(self, name: str, key: FileKey, *, count_miss: bool = True) -> _Entry | None:
+        """The cached bytes of this file (``key``: its stat now), or None; ``count_miss``
+        False for a look whose miss is counted by the read that follows it."""
         entry = self._entries.get(name)
         if entry is None or entry.key != key:
-            self.misses += 1
+            if count_miss:
+                self.misses += 1
             return None
         self._entries.move_to_end(name)
         self.hits += 1
@@ -620,7 +623,8 @@ class ImageFastPath:
         if image is None:
             return None
         key = _stat_small(self._folder + image.name, image.name, cache)
-        entry = None if key is None else cache.get(image.name, key)
+        # (A miss here is the app's to count: it reads the file next.)
+        entry = None if key is None else cache.get(image.name, key, count_miss=False)
         if entry is None:
             return None
         self.answered_now += 1
