@@ -84,8 +84,8 @@ class ImmediateAnswers:
     """What the server answers itself, in the parser's callback, before a request becomes an
     ASGI task: ``ImageFastPath.answer_now``'s cached public images, with the request id,
     metrics and access-log line the app's ``RequestContext`` gives every request. A hot
-    thumbnail then costs no task, no coroutine layers and no ASGI messages: ~25 of its
-    ~65 µs of server CPU."""
+    thumbnail then costs no task, no coroutine layers and no ASGI messages (embedded thumb
+    0.30 → 0.38 of NGINX static)."""
 
     fast_path: ImageFastPath
     context: RequestContext

@@ -31,26 +31,20 @@ class LocalStorage:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
 
-    def _put(self, name: str, source: Path) -> None:
-        # The source is written by us in the same data dir, so rename is atomic and cheap.
-        with open(source, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(source, self.root / name)
-        _fsync_dir(self.root)
-
-    async def put(self, name: str, source: Path, *, public: bool, content_type: str) -> None:
-        await anyio.to_thread.run_sync(self._put, name, source)
-
     def _put_many(self, files: Sequence[tuple[str, Path, str]]) -> None:
+        # The sources are written by us in the same data dir, so rename is atomic and cheap.
         for name, source, _ in files:
             with open(source, "rb+") as f:
-                os.fsync(f.fileno())  # (nearly free when the writer synced it already)
+                os.fsync(f.fileno())
             os.replace(source, self.root / name)
         _fsync_dir(self.root)  # one directory sync for the whole batch
 
+    async def put(self, name: str, source: Path, *, public: bool, content_type: str) -> None:
+        await anyio.to_thread.run_sync(self._put_many, [(name, source, content_type)])
+
     async def put_many(self, files: Sequence[tuple[str, Path, str]], *, public: bool) -> None:
         # One thread call and one directory sync: a variant maker stores a dozen files while
-        # it holds SQLite's write lock, and each put was a hop and two syncs.
+        # it holds SQLite's write lock, and each put was a hop and a directory sync.
         await anyio.to_thread.run_sync(self._put_many, list(files))
 
     def _delete(self, name: str) -> None:

@@ -123,12 +123,11 @@ def render_variants(
     quality: Quality,
     budget_seconds: float,
     token: str | None = None,
-    durable: bool = False,
 ) -> list[Rendered]:
     """variants/render.render_variants: the variants of a stored original."""
     from imagegate.variants import render
 
-    return render.render_variants(src, out_dir, jobs, quality, budget_seconds, token, durable)
+    return render.render_variants(src, out_dir, jobs, quality, budget_seconds, token)
 
 
 __all__ = [

@@ -175,18 +175,11 @@ class CodecPool:
             raise
 
     async def render_variants(
-        self,
-        src: Path,
-        out_dir: Path,
-        jobs: Sequence[VariantJob],
-        pixels: int,
-        *,
-        durable: bool = False,
+        self, src: Path, out_dir: Path, jobs: Sequence[VariantJob], pixels: int
     ) -> list[Rendered]:
-        """Make ``jobs`` from the stored original at ``src`` into ``out_dir`` (variants/render.py;
-        ``durable``: synced to disk). ``pixels`` is the original's width x height x frames: it
-        sizes the CPU budget as for an upload. A call that fails or is given up on leaves no
-        file behind."""
+        """Make ``jobs`` from the stored original at ``src`` into ``out_dir`` (variants/render.py).
+        ``pixels`` is the original's width x height x frames: it sizes the CPU budget as for an
+        upload. A call that fails or is given up on leaves no file behind."""
         token = secrets.token_hex(8)  # names this call's files, for the clean-up below
         with _pool_failures():
             future = self._pool.schedule(
@@ -198,7 +191,6 @@ class CodecPool:
                     self._quality,
                     self._budget.seconds(pixels),
                     token,
-                    durable,
                 ),
                 timeout=self._timeout,
             )

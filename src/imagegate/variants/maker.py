@@ -244,10 +244,7 @@ class VariantMaker:
             try:
                 source = await self._original(image, folder)
                 pixels = image.width * image.height * max(1, image.frames)
-                # A local storage moves the files into place under the maker's lock: their data
-                # goes to disk in the worker first.
-                durable = self._storage.local_path(image.name) is not None
-                rendered = await pool.render_variants(source, folder, jobs, pixels, durable=durable)
+                rendered = await pool.render_variants(source, folder, jobs, pixels)
             except Exception:
                 # The image deleted while we read it: its bytes vanish under the reader (a
                 # storage error, or a worker's 422 for a cut-off file). That is "gone", not a

@@ -101,15 +101,12 @@ def render_variants(
     quality: Quality,
     budget_seconds: float,
     token: str | None = None,
-    durable: bool = False,
 ) -> list[Rendered]:
     """Make every job in every one of its formats from the original at ``src``, writing them
     into ``out_dir`` as ``{token}.{key}.{ext}``; the results are in job, then format order.
 
     ``budget_seconds`` of CPU time (0: none) bound the decoding and encoding; ``token`` (random
-    if not given) lets a caller find the files of a call it gave up on; ``durable`` syncs each
-    file to disk (a local storage renames them into place: their data is then written here, in
-    a low-priority worker, not while the maker holds its lock). Raises ImageRejected
+    if not given) lets a caller find the files of a call it gave up on. Raises ImageRejected
     (nothing written) when the original cannot be read or the work does not fit the budget."""
     token = token or secrets.token_hex(8)
     if not _TOKEN_RE.fullmatch(token):
@@ -128,17 +125,14 @@ def render_variants(
             ) from None
         except MemoryError:
             raise ImageRejected(422, _NO_MEMORY) from None
-        return _write(Path(out_dir), token, encoded, durable)
+        return _write(Path(out_dir), token, encoded)
     finally:
         _give_back_memory()
         process._after_job()
 
 
 def _write(
-    out_dir: Path,
-    token: str,
-    encoded: list[tuple[VariantJob, str, bytes, tuple[int, int]]],
-    durable: bool,
+    out_dir: Path, token: str, encoded: list[tuple[VariantJob, str, bytes, tuple[int, int]]]
 ) -> list[Rendered]:
     written: list[Path] = []
     results = []
@@ -150,8 +144,6 @@ def _write(
             written.append(path)
             with open(fd, "wb") as f:
                 f.write(data)
-                if durable:
-                    os.fsync(f.fileno())
             fmt = BY_EXT[ext]
             results.append(
                 Rendered(
