@@ -37,6 +37,11 @@ class Metrics:
             ["trigger"],
             registry=self.registry,
         )
+        self.variants_paused = Counter(
+            "imagegate_variant_workers_paused_seconds_total",
+            "Time the variant workers were stopped to give uploads the machine",
+            registry=self.registry,
+        )
         self.variants_made = Counter(
             "imagegate_variants_made_total",
             "Variant files made and stored",

@@ -89,7 +89,9 @@ class Runtime:
                 await remove_orphans(self.storage, self.sessions, older_than=time.time() - grace)
             except OSError as exc:
                 log.warning("storage unavailable at start; orphans not checked: %s", exc)
-        self.admission = Admission.from_settings(self.settings, self.metrics.registry)
+        self.admission = Admission.from_settings(
+            self.settings, self.metrics.registry, listener=self.variants.uploads_in_progress
+        )
         self.codec = CodecPool.from_settings(self.settings)
         # The server answers at once; /healthz says ready when the workers are (pool.py).
         self.codec.warm_in_background()

@@ -314,6 +314,17 @@ class Settings(BaseSettings):
         description="Processes making variants, apart from the upload codec workers and at "
         "a lower CPU priority, so uploads never wait for them.",
     )
+    variants_after_upload: bool = Field(
+        True,
+        description="Make every preset in the background after each upload; off: a variant is "
+        "made when first asked for (or by `imagegate variants rebuild`).",
+    )
+    variant_yield_to_uploads: bool = Field(
+        True,
+        description="Stop this process's variant workers while it handles uploads (0.4 s at "
+        "most, then 0.1 s of work): on a small machine, encoding beside an upload slows it "
+        "even at the lowest CPU priority. Variants someone waits for are never held back.",
+    )
     variant_signing_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated keys (16+ characters) for signed custom-size URLs; the "

@@ -297,3 +297,39 @@ def test_unused_custom_sizes_are_removed_and_presets_kept(tmp_path: Path) -> Non
             assert again.status_code == 200 and size_of(again.content)[0] == 120
     finally:
         server.stop()
+
+
+def test_uploads_hold_back_the_variant_workers_and_variants_are_still_made(
+    server: ServerProcess, client: httpx.Client
+) -> None:
+    """While an upload is in progress the variant workers are stopped (variants/yielding.py),
+    counted at /metrics; every image still gets all its variants."""
+    account = register_and_login(client)
+    first = upload(client, account)  # its job starts the variant workers, if not yet running
+    wait_until(lambda: variant_records(server.data_dir, first) == DEFAULT_FILES, "first's")
+    paused = metric(client, "imagegate_variant_workers_paused_seconds_total")
+    names = [upload(client, account) for _ in range(3)]
+    assert metric(client, "imagegate_variant_workers_paused_seconds_total") > paused
+    for name in names:
+        wait_until(lambda n=name: variant_records(server.data_dir, n) == DEFAULT_FILES, name)
+
+
+def test_variants_made_only_when_asked_for(tmp_path: Path) -> None:
+    """IMAGEGATE_VARIANTS_AFTER_UPLOAD=false: the upload's event makes nothing; the first
+    request makes the one variant it asks for."""
+    env = {"IMAGEGATE_VARIANTS_AFTER_UPLOAD": "false"}
+    server = ServerProcess(tmp_path / "data", env=env).start()
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=60) as c:
+            name = upload(c, register_and_login(c))
+            stored = 'outcome="ok",type="imagegate.image.stored"'
+            wait_until(lambda: metric(c, "imagegate_events_handled_total", stored) == 1, "event")
+            assert metric(c, "imagegate_variant_jobs_total", 'trigger="upload"') == 0
+            assert variant_files(server.data_dir, name) == set()
+            r = c.get(f"/images/thumb/{name}", headers={"Accept": "image/webp"})
+            assert r.status_code == 200 and r.headers["Content-Type"] == "image/webp"
+            assert size_of(r.content) == (320, 320)
+            assert metric(c, "imagegate_variant_jobs_total", 'trigger="on_demand"') == 1
+            assert variant_files(server.data_dir, name) == {f"{name.split('.')[0]}.thumb.webp"}
+    finally:
+        server.stop()

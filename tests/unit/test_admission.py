@@ -125,3 +125,15 @@ def test_cancelled_waiters_leave_the_line_and_give_back_their_place() -> None:
         assert (adm.admitted, adm.waiting, adm.running) == (0, 0, 0)
 
     asyncio.run(scenario())
+
+
+def test_the_listener_hears_every_change_of_places_held() -> None:
+    """variants/yielding.py stops the variant workers while this count is above 0."""
+    heard: list[int] = []
+    adm = Admission(workers=1, queue=1, account_workers=1, account_queue=1, listener=heard.append)
+    a = adm.admit("a")
+    with adm.admit("b"), pytest.raises(Unavailable):
+        adm.admit("c")  # refused: no place taken, nothing to hear
+    a.release()
+    a.release()  # given back once: heard once
+    assert heard == [1, 2, 1, 0]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -42,7 +42,14 @@ class Admission:
     """Places for uploads (``workers + queue`` in all, ``account_workers + account_queue`` per
     account) and the fair hand-out of the ``workers`` codec workers."""
 
-    def __init__(self, workers: int, queue: int, account_workers: int, account_queue: int) -> None:
+    def __init__(
+        self,
+        workers: int,
+        queue: int,
+        account_workers: int,
+        account_queue: int,
+        listener: Callable[[int], None] | None = None,
+    ) -> None:
         self.workers = workers
         self.capacity = workers + queue
         self.account_workers = min(account_workers, workers)
@@ -53,13 +60,22 @@ class Admission:
         self._running = 0
         self._seq = 0
         self._grants = 0
+        self._listener = listener  # told the places held after every change
 
     @classmethod
-    def from_settings(cls, s: Settings, registry: CollectorRegistry | None = None) -> Admission:
+    def from_settings(
+        cls,
+        s: Settings,
+        registry: CollectorRegistry | None = None,
+        listener: Callable[[int], None] | None = None,
+    ) -> Admission:
         """The limits ``s`` describes (``codec_account_workers`` defaults to half the workers,
-        at least 1), with its gauges in ``registry`` when given."""
+        at least 1), with its gauges in ``registry`` when given; ``listener`` is told the
+        number of places held after every change (variants/yielding.py)."""
         account_workers = s.codec_account_workers or max(1, s.codec_workers // 2)
-        admission = cls(s.codec_workers, s.codec_queue, account_workers, s.codec_account_queue)
+        admission = cls(
+            s.codec_workers, s.codec_queue, account_workers, s.codec_account_queue, listener
+        )
         if registry is not None:
             admission.register_gauges(registry)
         return admission
@@ -118,6 +134,7 @@ class Admission:
             acct = self._accounts[account] = _Account()
         acct.admitted += 1
         self._admitted += 1
+        self._tell()
         return Ticket(self, account)
 
     def _leave(self, account: str) -> None:
@@ -126,6 +143,11 @@ class Admission:
         self._admitted -= 1
         if acct.admitted == 0:
             del self._accounts[account]
+        self._tell()
+
+    def _tell(self) -> None:
+        if self._listener is not None:
+            self._listener(self._admitted)
 
     @asynccontextmanager
     async def _worker(self, account: str) -> AsyncIterator[None]:

@@ -94,9 +94,10 @@ class Rendered:
 def init_worker(
     limits: Limits, cache_mib: int, memory_mib: int = 0, recycle_mib: int = 0, nice: int = 0
 ) -> None:
-    """process.init_worker, once per worker process."""
+    """process.init_worker, once per worker process; the worker dies with its parent."""
     from imagegate.uploader import process
 
+    process.die_with_parent()
     process.init_worker(limits, cache_mib, memory_mib, recycle_mib, nice)
 
 

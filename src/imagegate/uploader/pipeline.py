@@ -69,10 +69,14 @@ async def ingest(runtime: Runtime, request: Request, owner: Identity, visibility
             # Identical uploads at once (a retry racing its original): the first does the
             # work, the others wait for it here and answer its image. Across replicas the
             # unique index settles it at the commit (see _record).
-            async with _same_upload.held((owner.user_id, received.sha256)):
-                existing = await _uploaded_before(runtime, owner.user_id, received.sha256)
-                if existing is not None:
-                    return _duplicate(runtime, existing, received.size)
+            async with _same_upload.held((owner.user_id, received.sha256)) as waited:
+                # Looked again only after waiting for another upload of these bytes: alone
+                # (the usual case) nothing ran since the first look, or the commit's unique
+                # index catches what finished during it.
+                if waited:
+                    existing = await _uploaded_before(runtime, owner.user_id, received.sha256)
+                    if existing is not None:
+                        return _duplicate(runtime, existing, received.size)
                 async with _cancelled_when_client_leaves(request):
                     async with ticket.worker():
                         result = await _process(runtime, src, dst)
@@ -129,13 +133,14 @@ class _KeyedLocks:
         self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
 
     @asynccontextmanager
-    async def held(self, key: tuple[str, str]) -> AsyncIterator[None]:
+    async def held(self, key: tuple[str, str]) -> AsyncIterator[bool]:
+        """Hold ``key``'s lock inside; yields whether others held or waited for it first."""
         lock, users = self._locks.get(key, (None, 0))
         lock = lock or asyncio.Lock()
         self._locks[key] = (lock, users + 1)
         try:
             async with lock:
-                yield
+                yield users > 0
         finally:
             lock, users = self._locks[key]
             if users == 1:

@@ -13,7 +13,9 @@ import contextlib
 import functools
 import logging
 import multiprocessing
+import os
 import secrets
+import signal
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -46,6 +48,11 @@ log = logging.getLogger("imagegate")
 # Variant workers yield the CPU to upload workers (nice 0): at nice 19 they get ~1.5 % of a
 # contended core (at 10, uploads' p50 grew 10-33 % while variants were being made).
 VARIANT_NICE = 19
+
+# Variant jobs' hard timeout, x the upload one: a variant worker waits on uploads (the idle
+# class, and stopped while they run: variants/yielding.py) and is no less stuck for it. Its
+# CPU budget, the real limit, is the same as an upload's.
+VARIANT_WALL_STRETCH = 5
 
 # After a cancelled job, when its worker has surely stopped: remove any output it still wrote.
 LATE_OUTPUT_SECONDS = 10.0
@@ -99,7 +106,7 @@ class CodecPool:
         return cls(
             workers=s.variant_workers if variants else s.codec_workers,
             nice=VARIANT_NICE if variants else 0,
-            timeout=s.codec_timeout_seconds,
+            timeout=s.codec_timeout_seconds * (VARIANT_WALL_STRETCH if variants else 1),
             limits=Limits(
                 s.image_max_pixels, s.image_max_side, s.image_max_frames, s.image_max_scans
             ),
@@ -217,7 +224,18 @@ class CodecPool:
             asyncio.get_running_loop().call_later(LATE_OUTPUT_SECONDS, remove_output)
             raise
 
+    def signal_workers(self, signum: int) -> None:
+        """Send ``signum`` to every worker process now (variants/yielding.py stops and
+        continues the variant workers). pebble has no call for it: its worker table is read,
+        and a pebble without one gets no signal (tests/unit/test_yielding.py notices)."""
+        manager = getattr(self._pool, "_pool_manager", None)
+        workers = getattr(getattr(manager, "worker_manager", None), "workers", {})
+        for pid in tuple(workers):  # one C-level copy: the manager thread may add or remove
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
     def close(self) -> None:
+        self.signal_workers(signal.SIGCONT)  # a stopped worker would not finish or exit
         if self._warming is not None:
             self._warming.cancel()
         self._pool.close()

@@ -15,6 +15,7 @@ import io
 import os
 import resource
 import signal
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -333,6 +334,7 @@ _recycle_bytes = 0
 _trim_bytes = 0
 _recycle = False
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+_PR_SET_PDEATHSIG = 1
 _WORKER_BASE_MIB = 128
 
 
@@ -413,6 +415,45 @@ def init_worker(
         tasks = getattr(pebble_process, "worker_get_next_task", None)
         if tasks is not None:
             pebble_process.worker_get_next_task = _recycling_tasks(tasks)
+
+
+def die_with_parent() -> None:
+    """Linux: the kernel kills this worker when its parent, the forkserver, exits, and the
+    forkserver exits when the server's process ends, however it ends. A worker stopped by
+    variants/yielding.py would otherwise stay behind, stopped, if the server were killed."""
+    name = ctypes.util.find_library("c")
+    if name is None or not sys.platform.startswith("linux"):
+        return
+    _close_forkserver_alive_pipe()
+    parent = os.getppid()
+    if ctypes.CDLL(name).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        return
+    if os.getppid() != parent:  # it died before the call: nobody will tell us
+        os._exit(1)
+
+
+def _close_forkserver_alive_pipe() -> None:
+    """The forkserver exits when the write end of its "alive" pipe is closed everywhere, but
+    multiprocessing gives every child two copies: a stopped worker kept it, and so itself,
+    alive forever. A worker starts no processes and never asks whether its parent lives, the
+    two uses of those copies; all descriptors of that pipe are closed."""
+    from multiprocessing import forkserver
+
+    server: Any = getattr(forkserver, "_forkserver", None)
+    alive = getattr(server, "_forkserver_alive_fd", None)
+    if server is None or alive is None:  # not a forkserver child
+        return
+    try:
+        pipe = os.fstat(alive)
+    except OSError:
+        return
+    for entry in os.listdir("/proc/self/fd"):
+        fd = int(entry)
+        with contextlib.suppress(OSError):
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) == (pipe.st_dev, pipe.st_ino):
+                os.close(fd)
+    server._forkserver_alive_fd = None
 
 
 def warm_up() -> int:

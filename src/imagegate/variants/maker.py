@@ -30,6 +30,7 @@ from imagegate.uploader.pool import CodecPool
 from imagegate.variants import records
 from imagegate.variants.presets import Preset, Size, parse_presets, variant_formats
 from imagegate.variants.records import StoredVariant
+from imagegate.variants.yielding import UploadsFirst
 
 log = logging.getLogger("imagegate.variants")
 
@@ -69,6 +70,9 @@ class VariantMaker:
         self._storage = storage
         self._metrics = metrics
         self._pool: CodecPool | None = None
+        self._uploads_first = UploadsFirst(
+            settings.variant_yield_to_uploads, metrics.variants_paused
+        )
         self._inflight: dict[str, asyncio.Task[list[StoredVariant]]] = {}
         self._work = settings.data_dir / "variants-tmp"
         self._queue: asyncio.Queue[str] = asyncio.Queue(QUEUE_SIZE)
@@ -82,7 +86,13 @@ class VariantMaker:
             self._work.mkdir(parents=True, exist_ok=True, mode=0o700)
             _remove_stale(self._work)
             self._pool = CodecPool.from_settings(self.settings, variants=True)
+            self._uploads_first.add(self._pool)
         return self._pool
+
+    def uploads_in_progress(self, count: int) -> None:
+        """This process's uploads in progress (its Admission's listener): while there are
+        some, the variant workers mostly stop (variants/yielding.py)."""
+        self._uploads_first.uploads(count)
 
     async def schedule(self, image_name: str) -> None:
         """Queue the image's presets for the background makers and return at once: an event's
@@ -189,6 +199,7 @@ class VariantMaker:
             task.cancel()
         await asyncio.gather(*self._makers, return_exceptions=True)
         self._makers = []
+        self._uploads_first.close()
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -244,7 +255,10 @@ class VariantMaker:
             try:
                 source = await self._original(image, folder)
                 pixels = image.width * image.height * max(1, image.frames)
-                rendered = await pool.render_variants(source, folder, jobs, pixels)
+                # Someone waits for an on-demand variant: uploads do not hold it back.
+                waiting = trigger == "on_demand"
+                with self._uploads_first.urgent() if waiting else contextlib.nullcontext():
+                    rendered = await pool.render_variants(source, folder, jobs, pixels)
             except Exception:
                 # The image deleted while we read it: its bytes vanish under the reader (a
                 # storage error, or a worker's 422 for a cut-off file). That is "gone", not a
