@@ -8,9 +8,9 @@ loop cost them nothing (docs/performance.md). So while at least one upload holds
 when none does — never for long: ``max_pause`` into a streak of uploads they run ``min_run``
 however busy uploads are (the gaps between one client's uploads do not restart that clock),
 so variants still progress (at a fifth of their speed or more) under a steady upload stream,
-and at full speed between uploads. While a variant someone waits for is being made (on demand), nothing is
-stopped. Workers' budgets count CPU time, which a stopped worker does not use; their
-parent's death kills them, stopped or not (process.die_with_parent).
+and at full speed between uploads. While a variant someone waits for is being made (on
+demand), nothing is stopped. Workers' budgets count CPU time, which a stopped worker does not
+use; their parent's death kills them, stopped or not (process.die_with_parent).
 
 Single-threaded by design: every method runs on the event loop.
 """
