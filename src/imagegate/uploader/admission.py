@@ -16,6 +16,7 @@ Single-threaded by design: every method runs on the event loop, so plain counter
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -26,6 +27,8 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from imagegate.errors import Unavailable
 from imagegate.settings import Settings
+
+log = logging.getLogger("imagegate.uploader")
 
 RETRY_AFTER_SECONDS = 2
 
@@ -147,7 +150,11 @@ class Admission:
 
     def _tell(self) -> None:
         if self._listener is not None:
-            self._listener(self._admitted)
+            # Never lets an upload fail or a place leak: the listener only tunes other work.
+            try:
+                self._listener(self._admitted)
+            except Exception:
+                log.exception("upload admission: the listener failed")
 
     @asynccontextmanager
     async def _worker(self, account: str) -> AsyncIterator[None]:

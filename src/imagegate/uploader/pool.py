@@ -49,10 +49,11 @@ log = logging.getLogger("imagegate")
 # contended core (at 10, uploads' p50 grew 10-33 % while variants were being made).
 VARIANT_NICE = 19
 
-# Variant jobs' hard timeout, x the upload one: a variant worker waits on uploads (the idle
-# class, and stopped while they run: variants/yielding.py) and is no less stuck for it. Its
-# CPU budget, the real limit, is the same as an upload's.
-VARIANT_WALL_STRETCH = 5
+# Background variant jobs' hard timeout, x the upload one: their worker waits on uploads (the
+# idle class, and stopped up to 4/5 of the time while they run: variants/yielding.py) and is
+# no less stuck for it; their CPU budget, the usual limit, is an upload's. A job someone waits
+# for (on demand) is never held back and keeps the upload timeout.
+BACKGROUND_WALL_STRETCH = 8
 
 # After a cancelled job, when its worker has surely stopped: remove any output it still wrote.
 LATE_OUTPUT_SECONDS = 10.0
@@ -90,6 +91,7 @@ class CodecPool:
         self._quality = quality
         self._budget = budget or Budget(1.0, min(5.0, timeout), timeout)
         self._ready = self._broken = False
+        self._stopped: set[int] = set()  # workers signalled SIGSTOP since the last SIGCONT
         self._warming: asyncio.Task[None] | None = None
         self._pool: Any = ProcessPool(  # pebble ships no type hints
             max_workers=workers,
@@ -106,7 +108,7 @@ class CodecPool:
         return cls(
             workers=s.variant_workers if variants else s.codec_workers,
             nice=VARIANT_NICE if variants else 0,
-            timeout=s.codec_timeout_seconds * (VARIANT_WALL_STRETCH if variants else 1),
+            timeout=s.codec_timeout_seconds,
             limits=Limits(
                 s.image_max_pixels, s.image_max_side, s.image_max_frames, s.image_max_scans
             ),
@@ -182,12 +184,20 @@ class CodecPool:
             raise
 
     async def render_variants(
-        self, src: Path, out_dir: Path, jobs: Sequence[VariantJob], pixels: int
+        self,
+        src: Path,
+        out_dir: Path,
+        jobs: Sequence[VariantJob],
+        pixels: int,
+        *,
+        background: bool = False,
     ) -> list[Rendered]:
         """Make ``jobs`` from the stored original at ``src`` into ``out_dir`` (variants/render.py).
         ``pixels`` is the original's width x height x frames: it sizes the CPU budget as for an
-        upload. A call that fails or is given up on leaves no file behind."""
+        upload; ``background``: nobody waits for it (a longer hard timeout, see above). A call
+        that fails or is given up on leaves no file behind."""
         token = secrets.token_hex(8)  # names this call's files, for the clean-up below
+        timeout = self._timeout * (BACKGROUND_WALL_STRETCH if background else 1)
         with _pool_failures():
             future = self._pool.schedule(
                 render_variants,
@@ -199,7 +209,7 @@ class CodecPool:
                     self._budget.seconds(pixels),
                     token,
                 ),
-                timeout=self._timeout,
+                timeout=timeout,
             )
 
         def remove_output() -> None:
@@ -213,9 +223,7 @@ class CodecPool:
             raise AppError(exc.message, status=exc.status) from None
         except FutureTimeout as exc:
             remove_output()  # pebble stopped the worker, perhaps mid-write
-            raise Unprocessable(
-                f"image variants took longer than {self._timeout:g} s to make"
-            ) from exc
+            raise Unprocessable(f"image variants took longer than {timeout:g} s to make") from exc
         except ProcessExpired as exc:
             remove_output()
             raise Unprocessable("image variants could not be made (the decoder crashed)") from exc
@@ -227,11 +235,20 @@ class CodecPool:
     def signal_workers(self, signum: int) -> None:
         """Send ``signum`` to every worker process now (variants/yielding.py stops and
         continues the variant workers). pebble has no call for it: its worker table is read,
-        and a pebble without one gets no signal (tests/unit/test_yielding.py notices)."""
+        and a pebble without one gets no signal (tests/unit/test_yielding.py notices). A
+        continue also reaches the workers stopped earlier that pebble has since taken out of
+        its table to end them: a stopped process cannot act on pebble's SIGTERM."""
         manager = getattr(self._pool, "_pool_manager", None)
         workers = getattr(getattr(manager, "worker_manager", None), "workers", {})
-        for pid in tuple(workers):  # one C-level copy: the manager thread may add or remove
-            with contextlib.suppress(ProcessLookupError):
+        pids = set(tuple(workers))  # one C-level copy: the manager thread may add or remove
+        if signum == signal.SIGSTOP:
+            self._stopped |= pids
+        elif signum == signal.SIGCONT:
+            pids |= self._stopped
+            self._stopped = set()
+        for pid in pids:
+            # Gone, or (its pid reused meanwhile) someone else's: nothing to do either way.
+            with contextlib.suppress(OSError):
                 os.kill(pid, signum)
 
     def close(self) -> None:

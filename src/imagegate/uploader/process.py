@@ -421,12 +421,12 @@ def die_with_parent() -> None:
     """Linux: the kernel kills this worker when its parent, the forkserver, exits, and the
     forkserver exits when the server's process ends, however it ends. A worker stopped by
     variants/yielding.py would otherwise stay behind, stopped, if the server were killed."""
-    name = ctypes.util.find_library("c")
-    if name is None or not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux"):
         return
     _close_forkserver_alive_pipe()
     parent = os.getppid()
-    if ctypes.CDLL(name).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+    # The process's own symbols (libc's among them): no library search at each worker start.
+    if ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
         return
     if os.getppid() != parent:  # it died before the call: nobody will tell us
         os._exit(1)
@@ -434,9 +434,9 @@ def die_with_parent() -> None:
 
 def _close_forkserver_alive_pipe() -> None:
     """The forkserver exits when the write end of its "alive" pipe is closed everywhere, but
-    multiprocessing gives every child two copies: a stopped worker kept it, and so itself,
-    alive forever. A worker starts no processes and never asks whether its parent lives, the
-    two uses of those copies; all descriptors of that pipe are closed."""
+    multiprocessing gives every child a copy: a stopped worker kept it, and so itself, alive
+    forever. A worker starts no processes and never asks whether its parent lives, the uses of
+    that copy; every descriptor of that pipe is closed."""
     from multiprocessing import forkserver
 
     server: Any = getattr(forkserver, "_forkserver", None)

@@ -191,6 +191,8 @@ class VariantMaker:
         await self._queue.join()
 
     async def close(self) -> None:
+        # First: the jobs cancelled below end their workers, which must not be stopped.
+        self._uploads_first.close()
         if self._pruner is not None:
             self._pruner.cancel()
             await asyncio.gather(self._pruner, return_exceptions=True)
@@ -199,7 +201,6 @@ class VariantMaker:
             task.cancel()
         await asyncio.gather(*self._makers, return_exceptions=True)
         self._makers = []
-        self._uploads_first.close()
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -255,10 +256,13 @@ class VariantMaker:
             try:
                 source = await self._original(image, folder)
                 pixels = image.width * image.height * max(1, image.frames)
-                # Someone waits for an on-demand variant: uploads do not hold it back.
+                # Someone waits for an on-demand variant: uploads do not hold it back. Only
+                # the presets made after an upload are background work (rebuild: an operator).
                 waiting = trigger == "on_demand"
                 with self._uploads_first.urgent() if waiting else contextlib.nullcontext():
-                    rendered = await pool.render_variants(source, folder, jobs, pixels)
+                    rendered = await pool.render_variants(
+                        source, folder, jobs, pixels, background=trigger == "upload"
+                    )
             except Exception:
                 # The image deleted while we read it: its bytes vanish under the reader (a
                 # storage error, or a worker's 422 for a cut-off file). That is "gone", not a

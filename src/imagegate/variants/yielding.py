@@ -12,6 +12,11 @@ and at full speed between uploads. While a variant someone waits for is being ma
 demand), nothing is stopped. Workers' budgets count CPU time, which a stopped worker does not
 use; their parent's death kills them, stopped or not (process.die_with_parent).
 
+Every upload holding a place counts, from its first body byte to its record: the whole of
+what its client waits for. So a slow upload (a client sending slowly) also holds variants to a
+fifth of their speed while it lasts — never to nothing. Workers pebble starts during a pause
+(a replacement) run until the next stop, at most ``max_pause`` later.
+
 Single-threaded by design: every method runs on the event loop.
 """
 
@@ -115,13 +120,14 @@ class UploadsFirst:
             self._continue()
 
     def _stop(self) -> None:
+        loop = asyncio.get_running_loop()  # before any signal: no loop, nothing stopped
         self._stopped_at = time.monotonic()
         for pool in self._pools:
             pool.signal_workers(signal.SIGSTOP)
         if self._timer is None:
             # A streak of uploads begins. Its clock runs on through the gaps between them: one
             # client's uploads back to back leave the workers a millisecond each, not a turn.
-            self._timer = asyncio.get_running_loop().call_later(self._max_pause, self._run_out)
+            self._timer = loop.call_later(self._max_pause, self._run_out)
 
     def _continue(self) -> None:
         assert self._stopped_at is not None
