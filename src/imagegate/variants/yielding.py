@@ -77,13 +77,6 @@ class UploadsFirst:
         self._pools.append(pool)
         self._update()
 
-    def discard(self, pool: Signalled) -> None:
-        """Continue ``pool``'s workers if stopped, and leave them alone from now on."""
-        if pool in self._pools:
-            if self.paused:
-                pool.signal_workers(signal.SIGCONT)
-            self._pools.remove(pool)
-
     def uploads(self, in_progress: int) -> None:
         """The number of uploads holding a place now (Admission calls it on every change)."""
         self._uploads = in_progress
